@@ -1,0 +1,7 @@
+"""`python -m wavegen ...` (also what `torchrun -m wavegen train ...` runs)."""
+
+import sys
+
+from wavegen.cli import main
+
+sys.exit(main())

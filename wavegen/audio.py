@@ -1,0 +1,207 @@
+"""Audio I/O and the mel frontend.
+
+Audio in memory is mono float32 in [-1, 1] at the model's sample rate. Files are read and written
+with soundfile (wav, flac, ogg, mp3; no ffmpeg). The log-mel follows `AudioConfig` (design §3) and
+is computed with torchaudio's transforms so it also runs on the GPU inside training.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+from wavegen.config import AudioConfig
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
+MAX_PEAK = 8.0  # samples above this are not a float waveform scaled to [-1, 1]
+
+
+class AudioError(ValueError):
+    """An audio file or waveform cannot be used; the message names the file and the problem."""
+
+
+class MelError(ValueError):
+    """A mel spectrogram does not match the model's mel convention."""
+
+
+class MelConventionWarning(UserWarning):
+    """A mel's values look like another convention (log10, dB, linear, normalised)."""
+
+
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Read any file soundfile reads into mono float32 at `sample_rate`.
+
+    Returns (T,). Stereo is averaged; other rates are resampled. Raises AudioError naming the
+    file for an unreadable, empty or non-finite file.
+    """
+    path = Path(path)
+    try:
+        data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (T, channels)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioError(f"{path}: cannot decode audio ({first_line(exc)})") from exc
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: the file holds no audio samples")
+    wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    wav = check_waveform(wav, str(path))
+    if file_rate != sample_rate:
+        wav = resample(wav, file_rate, sample_rate)
+    return wav
+
+
+def check_waveform(wav: np.ndarray, name: str = "waveform") -> np.ndarray:
+    """Reject non-finite samples; bring a too-loud float signal back into [-1, 1] (with a warning)."""
+    wav = np.asarray(wav, dtype=np.float32)
+    if not np.all(np.isfinite(wav)):
+        bad = int(np.size(wav) - np.isfinite(wav).sum())
+        raise AudioError(f"{name}: {bad} sample(s) are NaN or infinite")
+    peak = float(np.abs(wav).max()) if wav.size else 0.0
+    if peak > 1.0:
+        warnings.warn(f"{name}: peak {peak:.3g} exceeds 1.0; scaling the waveform to a peak of 0.99",
+                      stacklevel=2)
+        wav = wav * (0.99 / peak)
+    return wav
+
+
+def resample(wav: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """(T,) float32 at orig_rate -> (T',) float32 at new_rate (torchaudio's windowed sinc)."""
+    if orig_rate == new_rate:
+        return wav
+    divisor = math.gcd(int(orig_rate), int(new_rate))
+    out = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(wav)),
+                                         orig_rate // divisor, new_rate // divisor)
+    return out.numpy().astype(np.float32)
+
+
+def save_audio(path: str | Path, wav: np.ndarray | torch.Tensor, sample_rate: int) -> Path:
+    """Write mono audio atomically: a temporary file beside `path`, then rename.
+
+    A reader never sees a half-written file, even if the process is killed mid-write.
+    """
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().float().cpu().numpy()
+    wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+    if not np.all(np.isfinite(wav)):
+        raise AudioError(f"{path}: refusing to write non-finite audio")
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").upper() or "WAV"
+    subtype = "PCM_16" if fmt == "WAV" else None
+    return atomic_write(path, lambda tmp: sf.write(tmp, np.clip(wav, -1.0, 1.0), sample_rate,
+                                                   format=fmt, subtype=subtype))
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Call `write(tmp_path)` on a temporary file in path's folder, then rename it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_transform(audio: AudioConfig) -> torchaudio.transforms.MelSpectrogram:
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=audio.sample_rate, n_fft=audio.n_fft, win_length=audio.win_length,
+        hop_length=audio.hop_length, f_min=audio.f_min, f_max=audio.f_max, n_mels=audio.n_mels,
+        window_fn=torch.hann_window, power=1.0, center=True, pad_mode="reflect",
+        norm="slaney", mel_scale="slaney",
+    )
+
+
+class MelFrontend(torch.nn.Module):
+    """Waveform (B, T) -> log-mel (B, n_mels, T // hop_length).
+
+    Centred frames give T // hop + 1 frames; the last one (centred past the end) is dropped so
+    that a mel of F frames pairs with exactly F * hop samples.
+    """
+
+    def __init__(self, audio: AudioConfig):
+        super().__init__()
+        self.audio = audio
+        self.transform = _mel_transform(audio)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        frames = wav.shape[-1] // self.audio.hop_length
+        if frames == 0:
+            raise AudioError(f"audio of {wav.shape[-1]} samples is shorter than one hop "
+                             f"({self.audio.hop_length} samples)")
+        transform = self.transform.to(wav.device)
+        if wav.shape[-1] <= self.audio.n_fft // 2:  # reflect padding needs more than half a window
+            wav = torch.nn.functional.pad(wav, (0, self.audio.n_fft // 2 + 1 - wav.shape[-1]))
+        mel = transform(wav.float())[..., :frames]  # (B, n_mels, frames)
+        return torch.log(torch.clamp(mel, min=self.audio.log_floor))
+
+
+def log_mel(wav: np.ndarray | torch.Tensor, audio: AudioConfig) -> torch.Tensor:
+    """Convenience: (T,) or (B, T) waveform -> (n_mels, F) or (B, n_mels, F) log-mel."""
+    wav = torch.as_tensor(np.asarray(wav, dtype=np.float32)) if isinstance(wav, np.ndarray) else wav
+    return MelFrontend(audio)(wav)
+
+
+def check_mel(mel: torch.Tensor | np.ndarray, audio: AudioConfig, name: str = "mel") -> torch.Tensor:
+    """Validate an incoming mel against the convention; returns it as (B, n_mels, F) float32.
+
+    Wrong rank, wrong band count, no frames or non-finite values raise MelError. Values far outside
+    the natural-log convention raise a MelConventionWarning naming the likely mismatch.
+    """
+    mel = torch.as_tensor(np.asarray(mel) if isinstance(mel, np.ndarray) else mel)
+    if mel.ndim == 2:
+        mel = mel.unsqueeze(0)
+    if mel.ndim != 3:
+        raise MelError(f"{name}: expected a mel of shape (n_mels, frames) or (batch, n_mels, frames), "
+                       f"got shape {tuple(mel.shape)}")
+    if mel.shape[1] != audio.n_mels:
+        hint = " (it looks transposed: frames first)" if mel.shape[2] == audio.n_mels else ""
+        raise MelError(f"{name}: has {mel.shape[1]} mel bands, the model expects {audio.n_mels}{hint}")
+    if mel.shape[2] == 0:
+        raise MelError(f"{name}: has no frames")
+    if not mel.is_floating_point():
+        raise MelError(f"{name}: expected floating-point values, got {mel.dtype}")
+    mel = mel.float()
+    if not torch.isfinite(mel).all():
+        raise MelError(f"{name}: contains NaN or infinite values")
+    mismatch = mel_convention_mismatch(mel, audio)
+    if mismatch:
+        warnings.warn(f"{name}: {mismatch}", MelConventionWarning, stacklevel=2)
+    return mel
+
+
+def mel_convention_mismatch(mel: torch.Tensor, audio: AudioConfig) -> str | None:
+    """A sentence naming the likely convention mismatch, or None when the values look right."""
+    floor = math.log(audio.log_floor)  # about -11.5
+    lo, hi = float(mel.min()), float(mel.max())
+    expected = f"wavegen expects natural-log mels floored at log({audio.log_floor:g}) = {floor:.1f}"
+    if lo < floor - 0.5 or hi > 8.0:
+        if lo < -20.0 or hi > 20.0:
+            return (f"values span [{lo:.1f}, {hi:.1f}]: this looks like a dB mel (20*log10); {expected}. "
+                    f"Convert with mel_ln = mel_db / 20 * ln(10)")
+        return f"values span [{lo:.1f}, {hi:.1f}], outside the natural-log range; {expected}"
+    if lo >= 0.0:
+        return (f"all values are >= 0 (range [{lo:.2f}, {hi:.2f}]): this looks like a linear-magnitude "
+                f"or [0, 1]-normalised mel; {expected}")
+    if abs(lo - math.log10(audio.log_floor)) < 0.05 and hi < 3.0:  # floor hit at log10(1e-5) = -5
+        return (f"values span [{lo:.2f}, {hi:.2f}] with a floor near -5: this looks like a log10 mel; "
+                f"{expected}. Convert with mel_ln = mel_log10 * ln(10)")
+    return None
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,99 @@
+"""The Gaussian IAF student: q(x | mel), sampled in parallel.
+
+z ~ N(0, I); flow k maps x^(k-1) to x^(k) = x^(k-1) * sigma_k + mu_k, where (mu_k, log sigma_k) at t
+come from x^(k-1)_<t and the mel. Every flow is affine with parameters from the past, so the whole
+stack is x = z * sigma_tot + mu_tot with sigma_tot = prod_k sigma_k and
+mu_tot = sum_k mu_k prod_{j>k} sigma_j: q(x_t | z_<t) is Gaussian.
+
+What costs what:
+* `sample`: K parallel passes (one per flow) for the whole utterance; returns x and the
+  per-sample Gaussian (mu_tot, log_sigma_tot), whose log-density is the flow's exact density of
+  its own sample;
+* `inverse` / `log_prob` of an arbitrary waveform: sequential, flow by flow from the last,
+  sample by sample with the body's step cache.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from wavegen.config import FlowConfig
+from wavegen.distributions import gaussian_log_prob
+from wavegen.nn import CausalWaveNet, MelUpsampler, shift_right
+
+
+class Student(nn.Module):
+    """K mel-conditioned Gaussian IAF flows sharing one mel upsampler."""
+
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.upsampler = MelUpsampler(cfg.n_mels, cfg.upsample_scales)
+        self.flows = nn.ModuleList(
+            CausalWaveNet(cfg.flow(k), in_channels=1, out_channels=2, zero_init_output=True)
+            for k in range(cfg.n_flows)
+        )
+
+    def _affine(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 2, ...) -> mu, log_sigma (B, ...), log_sigma clamped below for stability."""
+        mu, log_sigma = params.unbind(dim=1)
+        return mu, torch.clamp(log_sigma, min=self.cfg.log_scale_min)
+
+    def sample(self, mel: Tensor, z: Tensor | None = None, temperature: float = 1.0,
+               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """mel (B, n_mels, F) -> x, mu_tot, log_sigma_tot, each (B, F * hop). K parallel passes.
+
+        z (B, F * hop) defaults to temperature * N(0, I). x = z * exp(log_sigma_tot) + mu_tot exactly.
+        """
+        cond = self.upsampler(mel)  # (B, n_mels, T)
+        if z is None:
+            z = temperature * torch.randn(cond.shape[0], cond.shape[2], generator=generator,
+                                          device=cond.device, dtype=cond.dtype)
+        x = z
+        mu_tot = torch.zeros_like(z)
+        log_sigma_tot = torch.zeros_like(z)
+        for flow in self.flows:
+            mu, log_sigma = self._affine(flow(shift_right(x.unsqueeze(1)), cond))  # (B, T) each
+            sigma = torch.exp(log_sigma)
+            x = x * sigma + mu
+            mu_tot = mu_tot * sigma + mu
+            log_sigma_tot = log_sigma_tot + log_sigma
+        return x, mu_tot, log_sigma_tot
+
+    def forward(self, mel: Tensor, z: Tensor | None = None, temperature: float = 1.0,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """`sample`: what distillation calls (through DistributedDataParallel)."""
+        return self.sample(mel, z, temperature, generator)
+
+    @torch.no_grad()
+    def invert(self, x: Tensor, mel: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, T) -> z (B, T) and the per-sample log|det dx/dz| = sum_k log sigma_k (B, T).
+
+        Sequential: for each flow from the last, x^(k-1)_t = (x^(k)_t - mu_k,t) / sigma_k,t where
+        mu_k,t depends on the already recovered x^(k-1)_<t; one cached body step per sample.
+        """
+        cond = self.upsampler(mel)
+        batch, _, length = cond.shape
+        log_det = torch.zeros_like(x)
+        for flow in reversed(self.flows):
+            cache = flow.init_cache(batch, x.device, x.dtype)
+            previous = torch.zeros_like(x)
+            prev_t = torch.zeros(batch, 1, device=x.device, dtype=x.dtype)
+            for t in range(length):
+                params, cache = flow.step(prev_t, cond[:, :, t], cache)  # (B, 2)
+                mu, log_sigma = self._affine(params)  # (B,) each
+                previous[:, t] = (x[:, t] - mu) * torch.exp(-log_sigma)
+                log_det[:, t] += log_sigma
+                prev_t = previous[:, t : t + 1]
+            x = previous
+        return x, log_det
+
+    def inverse(self, x: Tensor, mel: Tensor) -> Tensor:
+        """x (B, T) -> z (B, T); sequential (see `invert`)."""
+        return self.invert(x, mel)[0]
+
+    def log_prob(self, x: Tensor, mel: Tensor) -> Tensor:
+        """Exact per-sample log density (B, T) of any waveform x (B, T); sequential (see `invert`)."""
+        z, log_det = self.invert(x, mel)
+        return gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z)) - log_det

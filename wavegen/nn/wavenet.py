@@ -1,0 +1,141 @@
+"""The causal WaveNet body shared by the teacher and every student flow.
+
+Two ways to run one network, sharing the layer code:
+
+* `forward(x, c)`: a whole sequence at once (teacher-forced training, scoring, IAF sampling);
+* `step(x_t, c_t, cache)`: one sample, with an explicit per-layer queue of past inputs
+  (Fast WaveNet): O(layers) work per sample instead of O(receptive field).
+
+Output t depends on input <= t only; the teacher and the flows shift their input right by one so
+that their parameters at t depend on < t.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wavegen.config import WaveNetConfig
+
+Cache = list[Tensor]  # one (B, C_layer, (k - 1) * d) queue of past inputs per causal conv
+
+
+class CausalConv1d(nn.Conv1d):
+    """A dilated convolution that sees only the present and the past.
+
+    `forward(x)` left-pads the whole sequence; `step(x_t, queue)` convolves the queue of the last
+    (k - 1) * d inputs with the new one. Both use the same weight, so they agree exactly.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1):
+        super().__init__(in_channels, out_channels, kernel_size, dilation=dilation)
+        self.context = (kernel_size - 1) * dilation
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C_in, T) -> (B, C_out, T)."""
+        return super().forward(F.pad(x, (self.context, 0)))
+
+    def step(self, x_t: Tensor, queue: Tensor) -> tuple[Tensor, Tensor]:
+        """x_t (B, C_in), queue (B, C_in, context) -> y_t (B, C_out), updated queue."""
+        window = torch.cat([queue, x_t.unsqueeze(-1)], dim=-1)  # (B, C_in, context + 1)
+        taps = window[..., :: self.dilation[0]]  # (B, C_in, k)
+        y_t = torch.einsum("bik,oik->bo", taps, self.weight) + self.bias
+        return y_t, window[..., 1:]
+
+    def empty_queue(self, batch: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The queue before the first sample: zeros, as the left padding of `forward`."""
+        return torch.zeros(batch, self.in_channels, self.context, device=device, dtype=dtype)
+
+
+class ResidualBlock(nn.Module):
+    """Dilated causal conv -> tanh * sigmoid gate (+ conditioning) -> residual and skip 1x1s."""
+
+    def __init__(self, cfg: WaveNetConfig, dilation: int, cond_channels: int):
+        super().__init__()
+        self.conv = CausalConv1d(cfg.residual_channels, 2 * cfg.gate_channels, cfg.kernel_size, dilation)
+        self.cond = nn.Conv1d(cond_channels, 2 * cfg.gate_channels, 1, bias=False)
+        self.residual = nn.Conv1d(cfg.gate_channels, cfg.residual_channels, 1)
+        self.skip = nn.Conv1d(cfg.gate_channels, cfg.skip_channels, 1)
+
+    def _gate(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, R, T), conv output h (B, 2G, T), conditioning c (B, n_mels, T) -> residual out, skip."""
+        a, b = (h + self.cond(c)).chunk(2, dim=1)  # (B, G, T) each
+        z = torch.tanh(a) * torch.sigmoid(b)
+        return (x + self.residual(z)) * math.sqrt(0.5), self.skip(z)
+
+    def forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        return self._gate(x, self.conv(x), c)
+
+    def step(self, x_t: Tensor, c_t: Tensor, queue: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x_t (B, R), c_t (B, n_mels) -> residual out (B, R), skip (B, S), queue."""
+        h_t, queue = self.conv.step(x_t, queue)
+        out, skip = self._gate(x_t.unsqueeze(-1), h_t.unsqueeze(-1), c_t.unsqueeze(-1))
+        return out.squeeze(-1), skip.squeeze(-1), queue
+
+
+class CausalWaveNet(nn.Module):
+    """(B, C_in, T) input and (B, cond, T) conditioning -> (B, C_out, T); output t sees input <= t."""
+
+    def __init__(self, cfg: WaveNetConfig, in_channels: int, out_channels: int, zero_init_output: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.input = nn.Conv1d(in_channels, cfg.residual_channels, 1)
+        self.blocks = nn.ModuleList(ResidualBlock(cfg, d, cfg.n_mels) for d in cfg.dilations)
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Conv1d(cfg.skip_channels, cfg.skip_channels, 1),
+            nn.ReLU(), nn.Conv1d(cfg.skip_channels, out_channels, 1),
+        )
+        if zero_init_output:  # start as the identity transform in a flow
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        h = self.input(x)  # (B, R, T)
+        skips = 0.0
+        for block in self.blocks:
+            h, s = block(h, c)
+            skips = skips + s
+        return self.head(skips * math.sqrt(1.0 / len(self.blocks)))
+
+    def init_cache(self, batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Cache:
+        return [block.conv.empty_queue(batch, device, dtype) for block in self.blocks]
+
+    def step(self, x_t: Tensor, c_t: Tensor, cache: Cache) -> tuple[Tensor, Cache]:
+        """One sample: x_t (B, C_in), c_t (B, cond) -> y_t (B, C_out), the new cache."""
+        h = self.input(x_t.unsqueeze(-1)).squeeze(-1)  # (B, R)
+        skips = 0.0
+        new_cache = []
+        for block, queue in zip(self.blocks, cache):
+            h, s, queue = block.step(h, c_t, queue)
+            skips = skips + s
+            new_cache.append(queue)
+        y = self.head((skips * math.sqrt(1.0 / len(self.blocks))).unsqueeze(-1))
+        return y.squeeze(-1), new_cache
+
+
+class MelUpsampler(nn.Module):
+    """(B, n_mels, F) frames -> (B, n_mels, F * hop) one conditioning vector per sample.
+
+    Transposed convolutions with strides `scales` (their product is hop_length), kernel 2 * s,
+    each followed by a leaky ReLU, then a 1x1 conv; the output is cut to exactly F * hop samples.
+    """
+
+    def __init__(self, n_mels: int, scales: tuple[int, ...]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for s in scales:
+            layers += [nn.ConvTranspose1d(n_mels, n_mels, 2 * s, stride=s, padding=s // 2), nn.LeakyReLU(0.4)]
+        self.net = nn.Sequential(*layers, nn.Conv1d(n_mels, n_mels, 1))
+        self.hop = math.prod(scales)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        c = self.net(mel)
+        return c[..., : mel.shape[-1] * self.hop]
+
+
+def shift_right(x: Tensor) -> Tensor:
+    """(B, C, T) -> (B, C, T) delayed by one sample (zero first), so output t depends on < t."""
+    return F.pad(x, (1, 0))[..., :-1]
