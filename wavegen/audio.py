@@ -196,9 +196,9 @@ def mel_convention_mismatch(mel: torch.Tensor, audio: AudioConfig) -> str | None
     if lo >= 0.0:
         return (f"all values are >= 0 (range [{lo:.2f}, {hi:.2f}]): this looks like a linear-magnitude "
                 f"or [0, 1]-normalised mel; {expected}")
-    if abs(lo - math.log10(audio.log_floor)) < 0.05 and hi < 3.0:  # floor hit at log10(1e-5) = -5
-        return (f"values span [{lo:.2f}, {hi:.2f}] with a floor near -5: this looks like a log10 mel; "
-                f"{expected}. Convert with mel_ln = mel_log10 * ln(10)")
+    if lo > math.log10(audio.log_floor) - 0.05 and hi - lo < 5.5:  # never below log10(1e-5) = -5
+        return (f"values span [{lo:.2f}, {hi:.2f}], never below -5, a narrow range: this looks like a "
+                f"log10 mel; {expected}. Convert with mel_ln = mel_log10 * ln(10)")
     return None
 
 

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from wavegen.audio import AudioError, MelError, atomic_write, load_audio, log_mel
 from wavegen.checkpoint import CheckpointError
@@ -61,6 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from wavegen.train import fit
 
     preset = _with_overrides(load_preset(args.preset), "train", args)
+    torch.manual_seed(preset.train.seed)  # the initial weights too are a function of the seed
     path = fit(teacher_stage(preset), preset, preset.train, args.data, args.out, resume=args.resume,
                device=args.device)
     print(f"teacher: {path}")
@@ -77,6 +79,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     teacher, teacher_preset = import_model(source / "teacher.safetensors" if source.is_dir() else source, "teacher")
     if teacher_preset.audio != preset.audio:
         raise ConfigError(f"the teacher's mel convention {teacher_preset.audio} differs from the preset's")
+    torch.manual_seed(preset.distill_train.seed)
     path = fit(distill_stage(preset, teacher), preset, preset.distill_train, args.data, args.out,
                resume=args.resume, device=args.device)
     print(f"student: {path}")

@@ -87,7 +87,8 @@ def build_asterisk(out: str | Path, root: Path = ASTERISK_ROOT, progress: bool =
         stats[voice][f"{split}_minutes"] += wav.size / ASTERISK_RATE / 60
     (out / HELDOUT_LIST).write_text("".join(f"{h}\n" for h in sorted(heldout)))
     _write_attribution(out)
-    return {voice: {k: round(v, 2) for k, v in s.items()} for voice, s in sorted(stats.items())}
+    return {voice: {k: (int(v) if k.endswith("files") else round(v, 2)) for k, v in s.items()}
+            for voice, s in sorted(stats.items())}
 
 
 def _write_attribution(out: Path) -> None:

@@ -146,6 +146,9 @@ def fit(stage: Stage, preset: Preset, cfg: TrainConfig, data_root: str | Path, o
         export_model(out / f"{stage.kind}.safetensors", ema.module, stage.kind, preset,
                      step=step, **stage.extra_card)
 
+    if runtime.is_main and step == 0:  # the baseline the validation curve starts from
+        ema.module.eval()
+        _log(out, writer, 0, "valid", stage.validate(ema.module, val_batch))
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {stage.kind}", unit="step",
                disable=not (progress and runtime.is_main), dynamic_ncols=True)
     samples_per_step = cfg.batch_size * cfg.segment_frames * preset.audio.hop_length * runtime.world

@@ -53,18 +53,21 @@ class CausalConv1d(nn.Conv1d):
 class ResidualBlock(nn.Module):
     """Dilated causal conv -> tanh * sigmoid gate (+ conditioning) -> residual and skip 1x1s."""
 
-    def __init__(self, cfg: WaveNetConfig, dilation: int, cond_channels: int):
+    def __init__(self, cfg: WaveNetConfig, dilation: int, cond_channels: int, last: bool = False):
         super().__init__()
         self.conv = CausalConv1d(cfg.residual_channels, 2 * cfg.gate_channels, cfg.kernel_size, dilation)
         self.cond = nn.Conv1d(cond_channels, 2 * cfg.gate_channels, 1, bias=False)
-        self.residual = nn.Conv1d(cfg.gate_channels, cfg.residual_channels, 1)
+        # the last block's residual output feeds nothing: it has no residual conv (DDP needs every
+        # parameter to receive a gradient)
+        self.residual = None if last else nn.Conv1d(cfg.gate_channels, cfg.residual_channels, 1)
         self.skip = nn.Conv1d(cfg.gate_channels, cfg.skip_channels, 1)
 
     def _gate(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, R, T), conv output h (B, 2G, T), conditioning c (B, n_mels, T) -> residual out, skip."""
         a, b = (h + self.cond(c)).chunk(2, dim=1)  # (B, G, T) each
         z = torch.tanh(a) * torch.sigmoid(b)
-        return (x + self.residual(z)) * math.sqrt(0.5), self.skip(z)
+        out = x if self.residual is None else (x + self.residual(z)) * math.sqrt(0.5)
+        return out, self.skip(z)
 
     def forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         return self._gate(x, self.conv(x), c)
@@ -83,7 +86,8 @@ class CausalWaveNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.input = nn.Conv1d(in_channels, cfg.residual_channels, 1)
-        self.blocks = nn.ModuleList(ResidualBlock(cfg, d, cfg.n_mels) for d in cfg.dilations)
+        self.blocks = nn.ModuleList(ResidualBlock(cfg, d, cfg.n_mels, last=i == cfg.layers - 1)
+                                    for i, d in enumerate(cfg.dilations))
         self.head = nn.Sequential(
             nn.ReLU(), nn.Conv1d(cfg.skip_channels, cfg.skip_channels, 1),
             nn.ReLU(), nn.Conv1d(cfg.skip_channels, out_channels, 1),

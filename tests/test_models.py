@@ -1,0 +1,140 @@
+"""Properties of the body, the teacher and the student: causality, step == parallel, invertibility."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from wavegen.distributions import gaussian_log_prob
+from wavegen.models import Student, Teacher
+from wavegen.nn import CausalWaveNet, MelUpsampler, shift_right
+
+
+def randomise(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial weights (the flows start as the identity)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=generator))
+    return module
+
+
+def test_upsampler_gives_one_vector_per_sample(tiny):
+    up = MelUpsampler(tiny.audio.n_mels, tiny.teacher.upsample_scales)
+    assert up(torch.randn(2, tiny.audio.n_mels, 7)).shape == (2, tiny.audio.n_mels, 7 * tiny.audio.hop_length)
+    odd = MelUpsampler(4, (3, 5))
+    assert odd(torch.randn(1, 4, 6)).shape == (1, 4, 90)
+
+
+@pytest.mark.parametrize("kernel", [2, 3])
+def test_body_is_causal_and_step_equals_forward(tiny, kernel):
+    cfg = dataclasses.replace(tiny.teacher, kernel_size=kernel)
+    body = randomise(CausalWaveNet(cfg, in_channels=1, out_channels=3)).eval()
+    x, c = torch.randn(2, 1, 150), torch.randn(2, cfg.n_mels, 150)
+    y = body(x, c)
+    x2 = x.clone()
+    x2[..., 90:] += torch.randn_like(x2[..., 90:])
+    y2 = body(x2, c)
+    assert torch.equal(y[..., :90], y2[..., :90]) and not torch.allclose(y[..., 90:], y2[..., 90:])
+    cache = body.init_cache(2, x.device)
+    steps = []
+    with torch.no_grad():
+        for t in range(x.shape[-1]):
+            y_t, cache = body.step(x[:, :, t], c[:, :, t], cache)
+            steps.append(y_t)
+    assert (torch.stack(steps, dim=-1) - y).abs().max() <= 1e-4
+
+
+def test_receptive_field_is_what_the_config_says(tiny):
+    body = randomise(CausalWaveNet(tiny.teacher, 1, 1))
+    x = torch.zeros(1, 1, 200, requires_grad=True)
+    body(x, torch.zeros(1, tiny.teacher.n_mels, 200))[0, 0, -1].backward()
+    seen = (x.grad[0, 0] != 0).nonzero()
+    assert 200 - int(seen.min()) == tiny.teacher.receptive_field
+
+
+@pytest.mark.parametrize("output", ["gaussian", "mol"])
+def test_teacher_parameters_at_t_depend_only_on_the_past(tiny, output):
+    teacher = randomise(Teacher(dataclasses.replace(tiny.teacher, output=output)), 0.2)
+    mel = torch.randn(1, tiny.audio.n_mels, 3)
+    x = (0.5 * torch.randn(1, 3 * tiny.audio.hop_length)).clamp(-1, 1)
+    t0 = 100
+    base = teacher.params(x, mel)
+    x2 = x.clone()
+    x2[:, t0:] = -x2[:, t0:]
+    changed = teacher.params(x2, mel)
+    assert torch.equal(base[..., : t0 + 1], changed[..., : t0 + 1])  # x_t0 itself is not seen at t0
+    assert not torch.allclose(base[..., t0 + 1:], changed[..., t0 + 1:])
+
+
+@pytest.mark.parametrize("output", ["gaussian", "mol"])
+def test_cached_generation_equals_the_naive_generator(tiny, output):
+    teacher = randomise(Teacher(dataclasses.replace(tiny.teacher, output=output)), 0.2).eval()
+    mel = torch.randn(2, tiny.audio.n_mels, 2)
+    cached = teacher.generate(mel, generator=torch.Generator().manual_seed(5))
+    naive = teacher.generate_naive(mel, generator=torch.Generator().manual_seed(5))
+    assert cached.shape == (2, 2 * tiny.audio.hop_length)
+    assert (cached - naive).abs().max() <= 1e-4
+    assert cached.std() > 0.01  # not a constant signal
+    # and what it generated is scored by the parallel pass like any other waveform
+    assert torch.isfinite(teacher.log_prob(cached, mel)).all()
+
+
+def test_mixture_of_logistics_is_a_normalised_discrete_distribution(tiny):
+    from wavegen.distributions import mol_log_prob
+
+    bins = 256
+    levels = torch.linspace(-1, 1, bins)
+    params = torch.randn(1, 3 * 4, 1).repeat(1, 1, bins)
+    params[:, 8:] = -2.0  # log-scales wide enough to span many bins
+    total = torch.logsumexp(mol_log_prob(levels[None], params, -7.0, num_classes=bins), dim=-1)
+    assert abs(float(total)) < 1e-3
+
+
+@pytest.fixture
+def student(tiny):
+    return randomise(Student(tiny.student), 0.15, seed=1).eval()
+
+
+def test_student_starts_as_the_identity(tiny):
+    fresh = Student(tiny.student)
+    z = torch.randn(1, 2 * tiny.audio.hop_length)
+    x, mu, log_sigma = fresh.sample(torch.randn(1, tiny.audio.n_mels, 2), z=z)
+    assert torch.equal(x, z) and torch.equal(mu, torch.zeros_like(z)) and torch.equal(log_sigma, torch.zeros_like(z))
+
+
+def test_inverse_of_sample_is_z_and_the_two_views_agree(student, tiny):
+    mel = torch.randn(2, tiny.audio.n_mels, 3)
+    z = torch.randn(2, 3 * tiny.audio.hop_length)
+    with torch.no_grad():
+        x, mu_tot, log_sigma_tot = student.sample(mel, z=z)
+    assert log_sigma_tot.abs().mean() > 0.05 and mu_tot.abs().mean() > 0.05  # not the identity
+    torch.testing.assert_close(x, z * torch.exp(log_sigma_tot) + mu_tot, atol=1e-5, rtol=0)
+    assert (student.inverse(x, mel) - z).abs().max() <= 1e-4
+    sequential = student.log_prob(x, mel)  # sample by sample, flow by flow
+    parallel = gaussian_log_prob(x, mu_tot, log_sigma_tot)  # the Gaussian q(x_t | z_<t)
+    torch.testing.assert_close(sequential, parallel, atol=1e-3, rtol=1e-4)
+
+
+def test_log_det_matches_a_brute_force_jacobian(student, tiny):
+    mel = torch.randn(1, tiny.audio.n_mels, 1)
+    length = tiny.audio.hop_length
+    z = torch.randn(length, dtype=torch.float64)
+    student = student.double()
+    mel = mel.double()
+    jacobian = torch.autograd.functional.jacobian(lambda v: student.sample(mel, z=v[None])[0][0], z)  # (T, T)
+    assert torch.allclose(jacobian.triu(1), torch.zeros_like(jacobian))  # autoregressive: lower triangular
+    _, log_det = torch.linalg.slogdet(jacobian)
+    _, _, log_sigma_tot = student.sample(mel, z=z[None])
+    torch.testing.assert_close(log_det, log_sigma_tot.sum(), atol=1e-8, rtol=1e-8)
+
+
+def test_every_flow_is_causal(student, tiny):
+    mel = torch.randn(1, tiny.audio.n_mels, 2)
+    cond = student.upsampler(mel).detach()
+    for flow in student.flows:
+        x = torch.randn(1, 1, cond.shape[-1], requires_grad=True)
+        out = flow(shift_right(x), cond)
+        t0 = 70
+        out[0, :, t0].sum().backward()
+        assert (x.grad[0, 0, t0:] == 0).all() and (x.grad[0, 0, :t0] != 0).any()

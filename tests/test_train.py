@@ -1,0 +1,187 @@
+"""The one training loop: it learns, it resumes exactly after SIGKILL, it guards NaN, it runs under DDP."""
+
+import dataclasses
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from wavegen.checkpoint import CheckpointError, import_model, load_latest_state, load_state, state_files
+from wavegen.config import dump_preset
+from wavegen.stages import distill_stage, teacher_stage
+from wavegen.train import fit, read_log
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_teacher_training_lowers_validation_nll(tiny_teacher_run):
+    valid = read_log(tiny_teacher_run, "valid")
+    assert valid[0]["step"] == 0 and valid[-1]["step"] == 200
+    assert valid[-1]["nll_nats"] < valid[0]["nll_nats"] - 1.0, valid
+    assert valid[-1]["nll_bits"] == pytest.approx(valid[-1]["nll_nats"] / 0.6931471805599453)
+    train = read_log(tiny_teacher_run, "train")
+    assert train[-1]["samples_per_s"] > 0 and train[-1]["nan_skips"] == 0
+    assert (tiny_teacher_run / "tensorboard").is_dir()
+    teacher, preset = import_model(tiny_teacher_run / "teacher.safetensors", "teacher")
+    assert preset.name == "tiny" and not teacher.training
+
+
+def test_state_loads_with_weights_only(tiny_teacher_run):
+    state = load_state(state_files(tiny_teacher_run)[-1])
+    assert state["step"] == 200 and {"model", "ema", "optimizer", "scheduler", "rng"} <= set(state)
+
+
+def test_distillation_lowers_kl_and_stft(tiny_teacher_run, tiny_data, tiny, tmp_path):
+    teacher, _ = import_model(tiny_teacher_run / "teacher.safetensors", "teacher")
+    torch.manual_seed(0)
+    fit(distill_stage(tiny, teacher), tiny, tiny.distill_train, tiny_data, tmp_path, progress=False)
+    valid = read_log(tmp_path, "valid")
+    first, last = valid[0], valid[-1]
+    assert last["kl"] < 0.5 * first["kl"], valid
+    assert last["stft"] < first["stft"], valid
+    assert last["mel_l1"] < first["mel_l1"], valid
+    student, _ = import_model(tmp_path / "student.safetensors", "student")
+    assert all(not p.requires_grad or p.grad is None for p in teacher.parameters())  # teacher stayed frozen
+
+
+def test_non_finite_loss_skips_the_step(tiny, tiny_data, tmp_path):
+    stage = teacher_stage(tiny)
+    calls = {"n": 0}
+    base_loss = stage.loss
+
+    def flaky(model, wav, mel):
+        calls["n"] += 1
+        losses = base_loss(model, wav, mel)
+        if calls["n"] in (3, 4):
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    cfg = dataclasses.replace(tiny.train, max_steps=10, log_every=5, validate_every=10, checkpoint_every=10)
+    fit(dataclasses.replace(stage, loss=flaky), tiny, cfg, tiny_data, tmp_path, progress=False)
+    assert read_log(tmp_path, "train")[-1]["nan_skips"] == 2
+    state = load_state(state_files(tmp_path)[-1])
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tiny_teacher_run, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    good = state_files(tiny_teacher_run)[-1]
+    (run / "checkpoints" / "step_00000100.pt").write_bytes(good.read_bytes())
+    (run / "checkpoints" / "step_00000200.pt").write_bytes(good.read_bytes()[:1000])  # truncated mid-write
+    with pytest.warns(UserWarning, match="falling back"):
+        state, path = load_latest_state(run)
+    assert path.name == "step_00000100.pt" and state["step"] == 200
+
+
+class _Exploit:
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    target = tmp_path / "pwned"
+    bad = tmp_path / "step_00000001.pt"
+    with open(bad, "wb") as handle:
+        pickle.dump({"model": _Exploit(target)}, handle)
+    torch.save({"payload": _Exploit(target)}, tmp_path / "zip.pt")
+    for path in (bad, tmp_path / "zip.pt"):
+        with pytest.raises(CheckpointError, match="refused|corrupt"):
+            load_state(path)
+    assert not target.exists()
+    with pytest.raises(CheckpointError, match="only .safetensors"):
+        import_model(tmp_path / "zip.pt")
+    assert not target.exists()
+
+
+def _train_cmd(data: Path, out: Path, preset: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "wavegen", "train", "--preset", str(preset), "--data", str(data),
+            "--out", str(out), *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_with_the_same_weights(tiny, tiny_data, tmp_path):
+    train = dataclasses.replace(tiny.train, max_steps=60, checkpoint_every=10, validate_every=30, log_every=10)
+    preset_file = tmp_path / "resume.yaml"
+    preset_file.write_text(dump_preset(dataclasses.replace(tiny, train=train)))
+    subprocess.run(_train_cmd(tiny_data, tmp_path / "straight", preset_file), env=ENV, check=True,
+                   capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(tiny_data, killed, preset_file), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step_00000020.pt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps = [int(p.stem.split("_")[1]) for p in state_files(killed)]
+    assert steps and max(steps) < 60, "the run should have been killed before it finished"
+    subprocess.run(_train_cmd(tiny_data, killed, preset_file, "--resume"), env=ENV, check=True,
+                   capture_output=True)
+
+    a = load_state(state_files(tmp_path / "straight")[-1])
+    b = load_state(state_files(killed)[-1])
+    assert a["step"] == b["step"] == 60
+    for part in ("model", "ema"):
+        for name, tensor in a[part].items():
+            torch.testing.assert_close(b[part][name], tensor, atol=0, rtol=0, msg=f"{part}.{name}")
+
+
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes_keep_identical_weights(tiny, tiny_data, tmp_path):
+    train = dataclasses.replace(tiny.train, max_steps=6, checkpoint_every=6, validate_every=6, log_every=3,
+                                batch_size=2)
+    preset_file = tmp_path / "ddp.yaml"
+    preset_file.write_text(dump_preset(dataclasses.replace(tiny, train=train)))
+    script = tmp_path / "ddp_check.py"
+    script.write_text(
+        "import sys, torch, torch.distributed as dist\n"
+        "from wavegen.config import load_preset\n"
+        "from wavegen.stages import teacher_stage\n"
+        "from wavegen.train import fit\n"
+        "dist.init_process_group('gloo')\n"
+        "rank = dist.get_rank()\n"
+        "preset = load_preset(sys.argv[1])\n"
+        "torch.manual_seed(100 + rank)  # different initial weights: DDP must broadcast rank 0's\n"
+        "stage = teacher_stage(preset)\n"
+        "fit(stage, preset, preset.train, sys.argv[2], sys.argv[3], progress=False)\n"
+        "flat = torch.cat([p.detach().flatten() for p in stage.model.parameters()])\n"
+        "gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]\n"
+        "dist.all_gather(gathered, flat)\n"
+        "if rank == 0:\n"
+        "    diff = (gathered[0] - gathered[1]).abs().max().item()\n"
+        "    open(sys.argv[4], 'w').write(repr(diff))\n"
+        "dist.destroy_process_group()\n")
+    result = tmp_path / "diff.txt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(preset_file), str(tiny_data), str(tmp_path / "run"), str(result)]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(result.read_text()) == 0.0
+    assert read_log(tmp_path / "run", "train")[-1]["step"] == 6  # rank 0 wrote the log
+    assert len(state_files(tmp_path / "run")) == 1
+
+
+@pytest.mark.slow
+def test_torchrun_module_entry_point(tiny, tiny_data, tmp_path):
+    train = dataclasses.replace(tiny.train, max_steps=4, checkpoint_every=4, validate_every=4, log_every=2,
+                                batch_size=2)
+    preset_file = tmp_path / "ddp.yaml"
+    preset_file.write_text(dump_preset(dataclasses.replace(tiny, train=train)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "wavegen", "train", "--preset", str(preset_file), "--data", str(tiny_data), "--out", str(tmp_path / "r")]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "r" / "teacher.safetensors").exists()
