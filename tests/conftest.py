@@ -68,3 +68,22 @@ def tiny_teacher_run(tmp_path_factory, tiny_data, tiny) -> Path:
     torch.manual_seed(0)
     fit(teacher_stage(tiny), tiny, tiny.train, tiny_data, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_teacher_run, tiny_data, tiny) -> Path:
+    """A checkpoint folder like checkpoints/default: the tiny teacher and a briefly distilled student."""
+    import shutil
+
+    from wavegen.checkpoint import import_model
+    from wavegen.stages import distill_stage
+    from wavegen.train import fit
+
+    run = tmp_path_factory.mktemp("student_run")
+    teacher, _ = import_model(tiny_teacher_run / "teacher.safetensors", "teacher")
+    torch.manual_seed(0)
+    fit(distill_stage(tiny, teacher), tiny, tiny.distill_train, tiny_data, run, progress=False)
+    folder = tmp_path_factory.mktemp("checkpoint")
+    shutil.copy(tiny_teacher_run / "teacher.safetensors", folder / "teacher.safetensors")
+    shutil.copy(run / "student.safetensors", folder / "student.safetensors")
+    return folder

@@ -205,3 +205,23 @@ def mel_convention_mismatch(mel: torch.Tensor, audio: AudioConfig) -> str | None
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+MEL_EXTENSIONS = (".npy", ".pt")
+
+
+def load_mel_file(path: str | Path, audio: AudioConfig) -> torch.Tensor:
+    """A `.npy` (no pickles) or `.pt` (weights_only) mel file -> checked (1, n_mels, F) tensor."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npy":
+            mel = np.load(path, allow_pickle=False)
+        else:
+            mel = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (ValueError, OSError, EOFError, RuntimeError) as exc:
+        raise MelError(f"{path}: not a readable mel file ({first_line(exc)})") from exc
+    if not isinstance(mel, (np.ndarray, torch.Tensor)):
+        raise MelError(f"{path}: holds a {type(mel).__name__}, not a mel array")
+    if isinstance(mel, np.ndarray) and not np.issubdtype(mel.dtype, np.number):
+        raise MelError(f"{path}: holds {mel.dtype} values, not numbers")
+    return check_mel(torch.as_tensor(mel), audio, name=str(path))

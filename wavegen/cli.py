@@ -21,8 +21,11 @@ from wavegen.checkpoint import CheckpointError
 from wavegen.config import ConfigError, load_preset, preset_names
 from wavegen.corpus import RecipeError
 from wavegen.data import CorpusError
+from wavegen.export import ExportError
+from wavegen.vocoder import ModelUnavailable
 
-USER_ERRORS = (AudioError, MelError, CorpusError, CheckpointError, ConfigError, RecipeError, FileExistsError)
+USER_ERRORS = (AudioError, MelError, CorpusError, CheckpointError, ConfigError, RecipeError, ExportError,
+               ModelUnavailable, FileExistsError)
 
 
 def cmd_mel(args: argparse.Namespace) -> int:
@@ -86,6 +89,136 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def expand_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
+    """Files, globs and folders (searched recursively) -> (audio/mel files, patterns matching nothing)."""
+    import glob
+
+    from wavegen.audio import AUDIO_EXTENSIONS, MEL_EXTENSIONS
+
+    wanted = AUDIO_EXTENSIONS + MEL_EXTENSIONS
+    files, missing = [], []
+    for pattern in patterns:
+        matches = [Path(m) for m in sorted(glob.glob(pattern, recursive=True))] or [Path(pattern)]
+        found = False
+        for match in matches:
+            if match.is_dir():
+                inside = sorted(p for p in match.rglob("*") if p.suffix.lower() in wanted and p.is_file())
+                files += inside
+                found = found or bool(inside)
+            elif match.exists():
+                files.append(match)
+                found = True
+        if not found:
+            missing.append(pattern)
+    return list(dict.fromkeys(files)), missing
+
+
+def cmd_vocode(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from wavegen.audio import MEL_EXTENSIONS, load_mel_file, save_audio
+    from wavegen.vocoder import Vocoder
+
+    inputs, missing = expand_inputs(args.inputs)
+    failures = [f"{pattern}: no such file, or no audio/mel files in it" for pattern in missing]
+    vocoder = Vocoder.load(args.checkpoint, device=args.device)
+    out = Path(args.output)
+    jobs: dict[Path, tuple[Path, object]] = {}  # target -> (source, mel)
+    for path in inputs:
+        target = out / f"{path.stem}.wav"
+        try:
+            if target in jobs:
+                raise FileExistsError(f"{path}: same output name as {jobs[target][0]} ({target.name})")
+            if target.exists() and not args.force:
+                raise FileExistsError(f"{target} exists; pass --force to overwrite")
+            if path.suffix.lower() in MEL_EXTENSIONS:
+                mel = load_mel_file(path, vocoder.audio)[0]
+            else:
+                mel = vocoder.mel(load_audio(path, vocoder.audio.sample_rate))[0]
+            jobs[target] = (path, mel)
+        except USER_ERRORS as exc:
+            failures.append(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    targets = list(jobs)
+    bar = tqdm(total=len(targets), desc=f"vocode ({args.model})", unit="file")
+    for first in range(0, len(targets), args.batch_size):
+        chosen = targets[first:first + args.batch_size]
+        wavs = vocoder.synthesize_many([jobs[t][1] for t in chosen], args.model, args.batch_size,
+                                       temperature=args.temperature, seed=args.seed)
+        for target, wav in zip(chosen, wavs):
+            save_audio(target, wav, vocoder.audio.sample_rate)
+            bar.update(1)
+    bar.close()
+    for line in failures:
+        print(f"error: {line}", file=sys.stderr)
+    print(f"wrote {len(targets)} file(s) to {out}; {len(failures)} failed")
+    return 1 if failures else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from wavegen.evaluate import evaluate, reference_files
+    from wavegen.vocoder import Vocoder
+
+    vocoder = Vocoder.load(args.checkpoint, device=args.device)
+    files = reference_files(args.reference)[: args.limit]
+    models = list(dict.fromkeys([args.model, "griffin-lim"]))
+    report = evaluate(vocoder, files, models,
+                      on_error=lambda path, exc: print(f"error: {exc}", file=sys.stderr))
+    report["files"] = len(files)
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    names = list(report[models[0]]["median"])
+    print(f"median over {len(files)} file(s)   " + "  ".join(f"{n:>13}" for n in names))
+    for model in models:
+        print(f"{model:<28}" + "  ".join(f"{report[model]['median'][n]:>13.4f}" for n in names))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from wavegen.evaluate import benchmark
+    from wavegen.vocoder import Vocoder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = benchmark(Vocoder.load(args.checkpoint, device=args.device), seconds=args.seconds,
+                       teacher_seconds=args.teacher_seconds, naive_seconds=args.naive_seconds)
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(f"{report['audio_seconds']} s of audio, {report['threads']} thread(s), {report['device']}; "
+          f"GEMM ceiling {report['gemm_gflops']:.0f} GFLOP/s")
+    print(f"{'path':<16}{'seconds':>10}{'RTF':>10}{'samples/s':>14}{'peak MB':>10}  note")
+    for name, row in report["paths"].items():
+        print(f"{name:<16}{row['seconds']:>10.3f}{row['rtf']:>10.4f}{row['samples_per_s']:>14,.0f}"
+              f"{row['peak_rss_mb']:>10.0f}  {row['note']}")
+    for key, value in report.items():
+        if key.startswith(("speedup", "student_")):
+            print(f"{key}: {value:,.3f}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from wavegen.export import export_student
+    from wavegen.vocoder import Vocoder
+
+    vocoder = Vocoder.load(args.checkpoint, device="cpu")
+    if vocoder.student is None:
+        raise CheckpointError(f"{args.checkpoint}: has no student to export")
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out} exists; pass --force to overwrite")
+    print(f"wrote {export_student(vocoder.student, out, args.format)}")
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from app import launch
+
+    launch(checkpoint=args.checkpoint, host=args.host, port=args.port)
+    return 0
+
+
 def _with_overrides(preset, section: str, args: argparse.Namespace):
     """Apply --max-steps / --batch-size to one training section of the preset."""
     import dataclasses
@@ -133,6 +266,50 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=None, help="per process")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.set_defaults(func=func)
+
+    p = sub.add_parser("vocode", help="synthesise audio from audio files (resynthesis) or .npy/.pt mels")
+    p.add_argument("inputs", nargs="+", help="files, globs or folders (searched recursively)")
+    p.add_argument("-o", "--output", required=True, help="output folder: OUTDIR/<stem>.wav")
+    p.add_argument("--model", default="student", choices=["student", "teacher", "griffin-lim"])
+    p.add_argument("--checkpoint", default="default", help="a shipped checkpoint name or a folder")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_vocode)
+
+    p = sub.add_parser("eval", help="objective metrics of resynthesis, beside Griffin-Lim on the same mels")
+    p.add_argument("reference", help="a folder of reference audio (searched recursively) or one file")
+    p.add_argument("--model", default="student", choices=["student", "teacher", "griffin-lim"])
+    p.add_argument("--checkpoint", default="default")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N files only")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="speed of every synthesis path on the same mel, in one run")
+    p.add_argument("--checkpoint", default="default")
+    p.add_argument("--seconds", type=float, default=5.0, help="audio length for the student and Griffin-Lim")
+    p.add_argument("--teacher-seconds", type=float, default=0.5, help="prefix generated by the cached teacher")
+    p.add_argument("--naive-seconds", type=float, default=0.02, help="prefix generated by the naive teacher")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("export", help="export the student as TorchScript or ONNX ((mel, z) -> x)")
+    p.add_argument("output")
+    p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"])
+    p.add_argument("--checkpoint", default="default")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("app", help="launch the Gradio demo on a checkpoint")
+    p.add_argument("--checkpoint", default="default")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(func=cmd_app)
     return parser
 
 

@@ -9,6 +9,7 @@ Inference never imports the training code.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,13 @@ from wavegen.models.teacher import Progress
 MODELS = ("student", "teacher", "griffin-lim")
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 GRIFFIN_LIM_ITERATIONS = 32
+CHUNK_FRAMES = 512  # student synthesis works on chunks of this many frames (8 s at 16 kHz, hop 256)
+CROSSFADE_FRAMES = 1  # half the overlap between neighbouring chunks
+UPSAMPLER_CONTEXT = 2  # mel frames the upsampler's transposed convolutions see on either side
+
+
+class ModelUnavailable(ValueError):
+    """The requested synthesis path is unknown or not in this checkpoint."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -49,8 +57,9 @@ class Vocoder:
     """Mel -> waveform with the student (parallel), the teacher (sequential) or Griffin-Lim."""
 
     def __init__(self, audio: AudioConfig, teacher: Teacher | None = None, student: Student | None = None,
-                 device: str | torch.device = "auto"):
+                 device: str | torch.device = "auto", chunk_frames: int = CHUNK_FRAMES):
         self.audio = audio
+        self.chunk_frames = chunk_frames
         self.device = resolve_device(device)
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         self.student = student.to(self.device).eval() if student is not None else None
@@ -90,12 +99,18 @@ class Vocoder:
 
     @torch.inference_mode()
     def synthesize(self, mel: Tensor | np.ndarray, model: str = "student", temperature: float = 1.0,
-                   seed: int | None = None, progress: Progress | None = None) -> Tensor:
-        """mel (n_mels, F) or (B, n_mels, F) -> waveform (B, F * hop) in [-1, 1], on the CPU."""
+                   seed: int | None = None, progress: Progress | None = None, z: Tensor | None = None) -> Tensor:
+        """mel (n_mels, F) or (B, n_mels, F) -> waveform (B, F * hop) in [-1, 1], on the CPU.
+
+        The student draws z (B, F * hop) once (or takes `z`) and synthesises long inputs in chunks of
+        `chunk_frames` with enough left context for its receptive field, cross-faded, so peak memory
+        stays bounded and the result equals one whole-input pass. The teacher is sequential; its
+        memory is bounded by its step cache.
+        """
         if model not in MODELS:
-            raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
+            raise ModelUnavailable(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
         if model != "griffin-lim" and getattr(self, model) is None:
-            raise ValueError(f"this checkpoint has no {model}; available: {self.available_models}")
+            raise ModelUnavailable(f"this checkpoint has no {model}; available: {', '.join(self.available_models)}")
         mel = check_mel(mel, self.audio).to(self.device)
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         if model == "griffin-lim":
@@ -103,8 +118,59 @@ class Vocoder:
         elif model == "teacher":
             wav = self.teacher.generate(mel, temperature, progress=progress, generator=generator)
         else:
-            wav = self.student.sample(mel, temperature=temperature, generator=generator)[0]
+            if z is None:
+                shape = (mel.shape[0], mel.shape[-1] * self.audio.hop_length)
+                z = temperature * torch.randn(shape, generator=generator, device=self.device)
+            wav = self._student_chunked(mel, z.to(self.device))
         return wav.clamp(-1.0, 1.0).float().cpu()
+
+    def _student_chunked(self, mel: Tensor, z: Tensor) -> Tensor:
+        """mel (B, n_mels, F), z (B, F * hop) -> x (B, F * hop), chunk by chunk.
+
+        Chunk i keeps frames [s - fade, e + fade) and is computed with `left` frames of context before
+        that (the flows are causal: their receptive field) and UPSAMPLER_CONTEXT after (the transposed
+        convolutions look one frame ahead). Neighbouring chunks are cross-faded over 2 * fade frames.
+        """
+        hop, frames = self.audio.hop_length, mel.shape[-1]
+        if frames <= self.chunk_frames:
+            return self.student.sample(mel, z=z)[0]
+        fade = CROSSFADE_FRAMES
+        left = math.ceil(self.student.receptive_field / hop) + UPSAMPLER_CONTEXT
+        out, norm = torch.zeros_like(z), torch.zeros(z.shape[-1], device=z.device)
+        for start in range(0, frames, self.chunk_frames):
+            end = min(frames, start + self.chunk_frames)
+            keep_lo, keep_hi = max(0, start - fade), min(frames, end + fade)
+            lo, hi = max(0, keep_lo - left), min(frames, keep_hi + UPSAMPLER_CONTEXT)
+            x = self.student.sample(mel[..., lo:hi], z=z[:, lo * hop:hi * hop])[0]
+            piece = x[:, (keep_lo - lo) * hop:(keep_hi - lo) * hop]
+            weight = torch.ones(piece.shape[-1], device=z.device)
+            ramp = torch.linspace(0.0, 1.0, 2 * fade * hop + 2, device=z.device)[1:-1]  # strictly inside (0, 1)
+            if keep_lo > 0:
+                weight[: ramp.numel()] = ramp
+            if keep_hi < frames:
+                weight[-ramp.numel():] = ramp.flip(0)
+            out[:, keep_lo * hop:keep_hi * hop] += piece * weight
+            norm[keep_lo * hop:keep_hi * hop] += weight
+        return out / norm
+
+    def synthesize_many(self, mels: list[Tensor], model: str = "student", batch_size: int = 8,
+                        temperature: float = 1.0, seed: int | None = None) -> list[Tensor]:
+        """Many mels (n_mels, F_i) -> waveforms (F_i * hop,), in batches of similar length.
+
+        A shorter mel in a batch is padded with the log floor (silence); its output is cut back.
+        """
+        order = sorted(range(len(mels)), key=lambda i: mels[i].shape[-1])
+        results: list[Tensor | None] = [None] * len(mels)
+        floor = math.log(self.audio.log_floor)
+        for first in range(0, len(order), batch_size):
+            chosen = order[first:first + batch_size]
+            longest = max(mels[i].shape[-1] for i in chosen)
+            batch = torch.stack([torch.nn.functional.pad(torch.as_tensor(mels[i]), (0, longest - mels[i].shape[-1]),
+                                                         value=floor) for i in chosen])
+            wavs = self.synthesize(batch, model, temperature, seed)
+            for row, i in enumerate(chosen):
+                results[i] = wavs[row, : mels[i].shape[-1] * self.audio.hop_length]
+        return results
 
 
 def griffin_lim(mel: Tensor, audio: AudioConfig, n_iter: int = GRIFFIN_LIM_ITERATIONS) -> Tensor:
@@ -112,10 +178,14 @@ def griffin_lim(mel: Tensor, audio: AudioConfig, n_iter: int = GRIFFIN_LIM_ITERA
     fbank = torchaudio.functional.melscale_fbanks(
         audio.n_fft // 2 + 1, audio.f_min, audio.f_max, audio.n_mels, audio.sample_rate,
         norm="slaney", mel_scale="slaney").to(mel.device)  # (n_freqs, n_mels)
+    frames = mel.shape[-1]
+    min_frames = audio.n_fft // (2 * audio.hop_length) + 1  # reflect padding needs > n_fft / 2 samples
+    if frames < min_frames:  # pad with silence, cut back below
+        mel = torch.nn.functional.pad(mel, (0, min_frames - frames), value=math.log(audio.log_floor))
     magnitude = (torch.linalg.pinv(fbank.T) @ torch.exp(mel)).clamp(min=0.0)  # (B, n_freqs, F)
     # F * hop samples have F + 1 centred frames: repeat the last one (the mel drops it).
     magnitude = torch.cat([magnitude, magnitude[..., -1:]], dim=-1)
     transform = torchaudio.transforms.GriffinLim(
         n_fft=audio.n_fft, n_iter=n_iter, win_length=audio.win_length, hop_length=audio.hop_length,
         power=1.0, length=mel.shape[-1] * audio.hop_length, rand_init=False).to(mel.device)
-    return transform(magnitude)
+    return transform(magnitude)[..., : frames * audio.hop_length]

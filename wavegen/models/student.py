@@ -35,6 +35,11 @@ class Student(nn.Module):
             for k in range(cfg.n_flows)
         )
 
+    @property
+    def receptive_field(self) -> int:
+        """Samples of z before t that x_t depends on, through all flows (each shifts by one)."""
+        return sum(self.cfg.flow(k).receptive_field for k in range(self.cfg.n_flows))
+
     def _affine(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 2, ...) -> mu, log_sigma (B, ...), log_sigma clamped below for stability."""
         mu, log_sigma = params.unbind(dim=1)

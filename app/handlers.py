@@ -1,0 +1,206 @@
+"""The synthesis handler behind the page and the `vocode` API endpoint, callable without a server.
+
+Every problem with the user's input becomes a one-line `gr.Error` (shown as a message, never a
+traceback) and every warning about it a `gr.Warning`; files are named by their own name, not the
+server's temporary path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import html
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import gradio as gr
+import numpy as np
+from torch import Tensor
+
+from wavegen import Vocoder
+from wavegen.audio import AudioError, MelConventionWarning, MelError, check_mel, load_audio
+from wavegen.config import AudioConfig
+from wavegen.vocoder import MODELS
+
+from app.images import colour_scale, mel_image
+
+MODEL_LABELS = {"student": "student (IAF, parallel)", "teacher": "teacher (WaveNet, sequential)",
+                "griffin-lim": "Griffin-Lim (no network)"}
+TEMPERATURE_RANGE = (0.0, 1.5)
+NPY_MAGIC = b"\x93NUMPY"
+KEPT_INPUTS = 32  # inputs per session whose timings are remembered for the speed-up
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The longest input, in seconds, each model accepts: the sequential teacher far less."""
+
+    max_seconds: float = 30.0
+    teacher_max_seconds: float = 2.0
+
+    def seconds_for(self, model: str) -> float:
+        return self.teacher_max_seconds if model == "teacher" else self.max_seconds
+
+
+class VocodeResult(NamedTuple):
+    """What the page shows, in the order of the endpoint's outputs (the audio first)."""
+
+    audio: tuple[int, np.ndarray]  # (sample_rate, (frames * hop,) int16)
+    input_mel: np.ndarray  # (H, W, 3) uint8 image of the mel that was vocoded
+    output_mel: np.ndarray  # (H, W, 3) uint8 image of the output's mel, same colour scale
+    summary: str  # markdown: length, wall time, real-time factor, speed-up over the teacher
+
+
+def vocode(audio_file: str | Path | None, model: str, temperature: float = 1.0,
+           mel_file: str | Path | None = None, *, vocoder: Vocoder, limits: Limits = Limits(),
+           timings: dict[str, dict[str, float]] | None = None,
+           progress: Callable[[int, int], None] | None = None) -> VocodeResult:
+    """Vocode an audio file (through its mel) or a log-mel .npy file with one model.
+
+    `mel_file` wins when both are given. `timings` is the session's memory, {input fingerprint:
+    {model: real-time factor}}, updated in place; `progress(done, total)` is fed by the teacher.
+    Raises gr.Error with a one-line message for any unusable request.
+    """
+    check_request(vocoder, model, temperature)
+    mel = read_input(vocoder, audio_file, mel_file)  # (1, n_mels, F)
+    seconds = mel.shape[-1] * vocoder.audio.hop_length / vocoder.audio.sample_rate
+    check_duration(seconds, model, limits)
+    start = time.perf_counter()
+    try:
+        with relay_warnings():
+            wav = vocoder.synthesize(mel, model=model, temperature=temperature, progress=progress)[0]  # (F*hop,)
+    except ValueError as exc:  # MelError and the library's other refusals
+        raise refusal(str(exc)) from exc
+    rtf = (time.perf_counter() - start) / seconds
+    runs = remember(timings, mel, model, rtf)
+    mel_in, mel_out = mel[0].cpu().numpy(), vocoder.mel(wav)[0].cpu().numpy()  # (n_mels, F) each
+    scale = colour_scale(mel_in, mel_out)
+    return VocodeResult((vocoder.audio.sample_rate, to_int16(wav.numpy())), mel_image(mel_in, scale),
+                        mel_image(mel_out, scale), summarize(model, seconds, rtf, runs))
+
+
+def check_request(vocoder: Vocoder, model: str, temperature: float) -> None:
+    if model not in MODELS:
+        raise refusal(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    if model not in vocoder.available_models:
+        raise refusal(f"this checkpoint has no trained {model}; available: {', '.join(vocoder.available_models)}")
+    low, high = TEMPERATURE_RANGE
+    if not isinstance(temperature, (int, float)) or not low <= temperature <= high:  # NaN fails too
+        raise refusal(f"temperature must be a number in [{low:g}, {high:g}], got {temperature!r}")
+
+
+def check_duration(seconds: float, model: str, limits: Limits) -> None:
+    limit = limits.seconds_for(model)
+    if seconds > limit:
+        hint = f", or choose the student (up to {limits.max_seconds:g} s)" if model == "teacher" else ""
+        raise refusal(f"the input is {seconds:.2f} s long; the {model} takes at most {limit:g} s. "
+                      f"Trim it{hint}.")
+
+
+def read_input(vocoder: Vocoder, audio_file: str | Path | None, mel_file: str | Path | None) -> Tensor:
+    """The mel to vocode, (1, n_mels, F): from the mel file if there is one, else from the audio."""
+    if mel_file:
+        if audio_file:
+            gr.Warning("Both an audio file and a mel file were given: vocoding the mel file.")
+        return read_mel_file(Path(mel_file), vocoder.audio)
+    if audio_file:
+        return audio_to_mel(vocoder, Path(audio_file))
+    raise refusal("no input: upload or record audio, or upload a log-mel spectrogram (.npy)")
+
+
+def audio_to_mel(vocoder: Vocoder, path: Path) -> Tensor:
+    """Decode with soundfile (wav, flac, ogg, mp3; no ffmpeg), resample, take the log-mel."""
+    try:
+        with relay_warnings(path):
+            wav = load_audio(path, vocoder.audio.sample_rate)  # (T,)
+        return vocoder.mel(wav)  # (1, n_mels, T // hop)
+    except AudioError as exc:
+        raise refusal(str(exc), path) from exc
+
+
+def read_mel_file(path: Path, audio: AudioConfig) -> Tensor:
+    """A (n_mels, F) or (1, n_mels, F) float .npy file, loaded without pickle, checked against the convention."""
+    with open(path, "rb") as handle:
+        if handle.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise refusal(f"{path.name}: not a .npy file (no NumPy header); save the mel with numpy.save")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise refusal(f"{path.name}: unreadable .npy file ({one_line(str(exc))})") from exc
+    if array.dtype.kind != "f":
+        raise refusal(f"{path.name}: holds {array.dtype} values; expected a floating-point log-mel")
+    try:
+        with relay_warnings(path):
+            mel = check_mel(array, audio, name=path.name)  # (B, n_mels, F)
+    except MelError as exc:
+        raise refusal(str(exc), path) from exc
+    if mel.shape[0] != 1:
+        raise refusal(f"{path.name}: holds a batch of {mel.shape[0]} mels; upload one (n_mels, frames) array")
+    return mel
+
+
+@contextlib.contextmanager
+def relay_warnings(path: Path | None = None) -> Iterator[None]:
+    """Show the library's warnings about this input on the page (gr.Warning); pass the others on.
+
+    (`warnings.catch_warnings` is process-wide: with two requests at once a warning may reach the
+    other session's page; it is never lost.)
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for item in caught:
+        message = str(item.message)
+        if issubclass(item.category, MelConventionWarning) or (path is not None and str(path) in message):
+            gr.Warning(html.escape(one_line(message, path), quote=False))
+        else:
+            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+
+
+def remember(timings: dict[str, dict[str, float]] | None, mel: Tensor, model: str,
+             rtf: float) -> dict[str, float]:
+    """Store this run's real-time factor under the input's fingerprint; all runs on that input."""
+    if timings is None:
+        return {model: rtf}
+    key = hashlib.sha1(mel.cpu().numpy().tobytes()).hexdigest()
+    runs = timings.pop(key, {})  # re-inserted last: the oldest input is forgotten first
+    runs[model] = rtf
+    timings[key] = runs
+    while len(timings) > KEPT_INPUTS:
+        timings.pop(next(iter(timings)))
+    return runs
+
+
+def summarize(model: str, seconds: float, rtf: float, runs: dict[str, float]) -> str:
+    """Markdown: audio length, wall time, real-time factor, and the speed-up over the teacher."""
+    pace = f"{1 / rtf:.1f}× faster than real time" if rtf < 1 else f"{rtf:.1f}× slower than real time"
+    line = (f"**{MODEL_LABELS[model]}**: {seconds:.2f} s of audio in {rtf * seconds:.2f} s wall time, "
+            f"real-time factor {rtf:.3g} ({pace}).")
+    others = [m for m in MODELS if m != "teacher" and m in runs]
+    if "teacher" in runs and others:
+        gains = ", ".join(f"{MODEL_LABELS[m].split(' (')[0]} {runs['teacher'] / runs[m]:.0f}×" for m in others)
+        line += f" Speed-up over the teacher on this input: {gains}."
+    elif model != "teacher":
+        line += " Run the teacher on the same input to see the speed-up over it."
+    return line
+
+
+def to_int16(wav: np.ndarray) -> np.ndarray:
+    """(T,) float in [-1, 1] -> (T,) int16 PCM."""
+    return (np.clip(wav, -1.0, 1.0) * 32767.0).round().astype(np.int16)
+
+
+def one_line(message: str, path: Path | None = None) -> str:
+    """The first line of a message, with the server's temporary path shortened to the file's name."""
+    lines = message.strip().splitlines()
+    line = lines[0] if lines else "unknown error"
+    return line.replace(str(path), path.name) if path is not None else line
+
+
+def refusal(message: str, path: Path | None = None) -> gr.Error:
+    """A gr.Error for the page and the API client: one line, no traceback in the server log."""
+    return gr.Error(html.escape(one_line(message, path), quote=False), print_exception=False)

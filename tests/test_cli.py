@@ -1,0 +1,115 @@
+"""The command line, end to end, as a user runs it (`python -m wavegen ...`)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import write_tone_corpus
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def wavegen(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wavegen", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, cwd=cwd, timeout=600)
+
+
+def test_mel_command_writes_the_mel_of_the_file_as_is(tmp_path, tiny):
+    from wavegen.audio import load_audio, log_mel
+
+    (source,) = write_tone_corpus(tmp_path / "in", 1, tiny.audio.sample_rate)
+    result = wavegen("mel", source, "-o", tmp_path / "x.npy", "--preset", "tiny")
+    assert result.returncode == 0, result.stderr
+    mel = np.load(tmp_path / "x.npy")
+    assert mel.dtype == np.float32
+    np.testing.assert_allclose(mel, log_mel(load_audio(source, tiny.audio.sample_rate), tiny.audio).numpy(),
+                               atol=1e-6)
+    again = wavegen("mel", source, "-o", tmp_path / "x.npy", "--preset", "tiny")
+    assert again.returncode == 1 and "--force" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_preprocess_command_reports_the_corrupt_file(tmp_path):
+    write_tone_corpus(tmp_path / "corpus", 5, 8000)
+    (tmp_path / "corpus" / "broken.flac").write_bytes(b"fLaC" + os.urandom(500))
+    result = wavegen("preprocess", tmp_path / "corpus", tmp_path / "out", "--preset", "tiny", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert "broken.flac" in result.stdout + result.stderr and "skipped 1" in result.stdout
+    assert len(json.loads((tmp_path / "out" / "manifest.json").read_text())["utterances"]) == 5
+
+
+def test_vocode_a_folder_mixing_good_and_broken_files(tmp_path, tiny_checkpoint, tiny):
+    inputs = tmp_path / "inputs"
+    good = write_tone_corpus(inputs / "audio", 2, tiny.audio.sample_rate)
+    sf.write(inputs / "stereo48k.wav", np.random.default_rng(0).uniform(-0.3, 0.3, (9600, 2)), 48000)
+    np.save(inputs / "good_mel.npy", np.full((tiny.audio.n_mels, 6), -6.0, np.float32))
+    np.save(inputs / "wrong_bands.npy", np.full((tiny.audio.n_mels + 3, 6), -6.0, np.float32))
+    np.save(inputs / "nan_mel.npy", np.full((tiny.audio.n_mels, 6), np.nan, np.float32))
+    (inputs / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    (inputs / "empty.wav").write_bytes(b"")
+    (inputs / "random.mp3").write_bytes(os.urandom(2000))
+    out = tmp_path / "out"
+    result = wavegen("vocode", inputs, "-o", out, "--checkpoint", tiny_checkpoint, "--batch-size", "2")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 5, result.stderr
+    for name in ("wrong_bands.npy", "nan_mel.npy", "corrupt.npy", "empty.wav", "random.mp3"):
+        assert any(name in line for line in errors), name
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted([p.stem + ".wav" for p in good] + ["stereo48k.wav", "good_mel.wav"])
+    wav, rate = sf.read(out / "good_mel.wav")
+    assert rate == tiny.audio.sample_rate and wav.size == 6 * tiny.audio.hop_length
+    first, _ = sf.read(out / f"{good[0].stem}.wav")
+    source, _ = sf.read(good[0])
+    assert first.size == source.size // tiny.audio.hop_length * tiny.audio.hop_length
+
+    again = wavegen("vocode", good[0], "-o", out, "--checkpoint", tiny_checkpoint)
+    assert again.returncode == 1 and "pass --force" in again.stderr
+    forced = wavegen("vocode", good[0], "-o", out, "--checkpoint", tiny_checkpoint, "--force", "--model", "griffin-lim")
+    assert forced.returncode == 0, forced.stderr
+    missing = wavegen("vocode", tmp_path / "nothing-here", "-o", out, "--checkpoint", tiny_checkpoint)
+    assert missing.returncode == 1 and "no such file" in missing.stderr
+
+
+def test_vocode_with_a_missing_checkpoint_is_one_line(tmp_path):
+    result = wavegen("vocode", tmp_path, "-o", tmp_path / "o", "--checkpoint", tmp_path / "none")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "no checkpoint folder" in result.stderr
+
+
+@pytest.mark.slow
+def test_eval_reports_every_metric_beside_griffin_lim(tmp_path, tiny_checkpoint, tiny):
+    write_tone_corpus(tmp_path / "ref", 2, tiny.audio.sample_rate, seed=5)
+    result = wavegen("eval", tmp_path / "ref", "--checkpoint", tiny_checkpoint, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) >= {"student", "griffin-lim"} and report["files"] == 2
+    for model in ("student", "griffin-lim"):
+        median = report[model]["median"]
+        assert set(median) == {"stft", "mel_l1", "mcd_db", "pesq_wb", "stoi", "f0_rmse_cents", "vde"}
+        assert len(report[model]["files"]) == 2
+        assert -1 <= median["stoi"] <= 1 and median["mel_l1"] >= 0
+
+
+def test_bench_reports_every_path_in_one_run(tiny_checkpoint):
+    result = wavegen("bench", "--checkpoint", tiny_checkpoint, "--json", "--seconds", "1",
+                     "--teacher-seconds", "0.05", "--naive-seconds", "0.01")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report["paths"]) == {"student", "teacher_cached", "teacher_naive", "griffin-lim"}
+    for row in report["paths"].values():
+        assert row["seconds"] > 0 and row["rtf"] > 0 and row["peak_rss_mb"] > 0
+    assert report["gemm_gflops"] > 0 and report["student_gflops"] > 0
+    assert report["speedup_student_vs_teacher_cached"] > 1  # parallel beats sequential even when tiny
+
+
+def test_export_command(tmp_path, tiny_checkpoint):
+    result = wavegen("export", tmp_path / "s.pt", "--checkpoint", tiny_checkpoint)
+    assert result.returncode == 0 and (tmp_path / "s.pt").exists(), result.stderr
+    onnx = wavegen("export", tmp_path / "s.onnx", "--format", "onnx", "--checkpoint", tiny_checkpoint)
+    assert onnx.returncode in (0, 1) and "Traceback" not in onnx.stderr

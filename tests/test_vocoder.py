@@ -1,0 +1,98 @@
+"""The public inference API: loading, synthesis paths, chunking, batching, export."""
+
+import numpy as np
+import pytest
+import torch
+
+from wavegen import Vocoder
+from wavegen.checkpoint import CheckpointError
+from wavegen.vocoder import ModelUnavailable
+
+
+@pytest.fixture(scope="module")
+def vocoder(tiny_checkpoint):
+    return Vocoder.load(tiny_checkpoint, device="cpu")
+
+
+def test_load_by_path_gives_both_models_and_the_convention(vocoder, tiny):
+    assert vocoder.audio == tiny.audio
+    assert vocoder.teacher is not None and vocoder.student is not None
+    assert vocoder.available_models == ["student", "teacher", "griffin-lim"]
+
+
+def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint folder"):
+        Vocoder.load(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="neither"):
+        Vocoder.load(tmp_path)
+    (tmp_path / "student.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        Vocoder.load(tmp_path)
+
+
+@pytest.mark.parametrize("model", ["student", "teacher", "griffin-lim"])
+def test_every_path_gives_frames_times_hop_samples(vocoder, tiny, model):
+    mel = torch.full((2, tiny.audio.n_mels, 3), -6.0)
+    wav = vocoder.synthesize(mel, model, seed=1)
+    assert wav.shape == (2, 3 * tiny.audio.hop_length) and torch.isfinite(wav).all() and wav.abs().max() <= 1
+
+
+def test_seed_makes_synthesis_reproducible(vocoder, tiny):
+    mel = torch.full((1, tiny.audio.n_mels, 4), -6.0)
+    assert torch.equal(vocoder.synthesize(mel, seed=3), vocoder.synthesize(mel, seed=3))
+    assert not torch.equal(vocoder.synthesize(mel, seed=3), vocoder.synthesize(mel, seed=4))
+
+
+def test_unknown_or_missing_model_is_a_clear_error(tiny):
+    bare = Vocoder.from_preset(tiny, device="cpu")
+    mel = torch.full((tiny.audio.n_mels, 2), -6.0)
+    with pytest.raises(ModelUnavailable, match="has no student"):
+        bare.synthesize(mel, "student")
+    with pytest.raises(ModelUnavailable, match="unknown model"):
+        bare.synthesize(mel, "hifigan")
+    assert bare.synthesize(mel, "griffin-lim").shape[-1] == 2 * tiny.audio.hop_length
+
+
+def test_chunked_student_equals_one_pass_for_a_fixed_z(vocoder, tiny):
+    frames = 37
+    mel = vocoder.mel(torch.sin(torch.arange(frames * tiny.audio.hop_length) * 0.05))
+    z = torch.randn(1, frames * tiny.audio.hop_length, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        whole = vocoder.student.sample(mel, z=z)[0].clamp(-1, 1)
+    vocoder.chunk_frames = 5
+    try:
+        chunked = vocoder.synthesize(mel, "student", z=z)
+    finally:
+        vocoder.chunk_frames = 512
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+
+
+def test_many_inputs_are_batched_and_cut_back(vocoder, tiny):
+    mels = [torch.full((tiny.audio.n_mels, n), -6.0) for n in (3, 7, 2, 5)]
+    wavs = vocoder.synthesize_many(mels, "griffin-lim", batch_size=3)
+    assert [w.shape[-1] for w in wavs] == [n * tiny.audio.hop_length for n in (3, 7, 2, 5)]
+
+
+def test_resynthesis_is_close_to_the_input_for_the_trained_tiny_student(vocoder, tiny_data, tiny):
+    """The distilled student tracks the mel it is given better than white noise does."""
+    from wavegen.data import SegmentDataset
+    from wavegen.losses import multi_resolution_stft_loss
+
+    wav, mel = SegmentDataset(tiny_data, tiny.audio, "valid", 16).crop(0, 0, 16)
+    out = vocoder.synthesize(mel, "student", seed=0)
+    noise = 0.1 * torch.randn_like(out)
+    ffts = (64, 128, 256)
+    assert multi_resolution_stft_loss(out, wav[None], ffts) < multi_resolution_stft_loss(noise, wav[None], ffts)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_torchscript_export_matches_eager(vocoder, tiny, tmp_path):
+    from wavegen.export import export_student
+
+    path = export_student(vocoder.student, tmp_path / "student.pt", "torchscript")
+    loaded = torch.jit.load(str(path))
+    for frames in (3, 11):  # another length than the one traced
+        mel = torch.randn(2, tiny.audio.n_mels, frames) - 5
+        z = torch.randn(2, frames * tiny.audio.hop_length)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(mel, z), vocoder.student.sample(mel, z=z)[0], atol=1e-5, rtol=0)

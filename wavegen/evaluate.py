@@ -1,0 +1,215 @@
+"""Objective metrics of resynthesis, and the speed benchmark of every synthesis path.
+
+Metrics compare a reference waveform with its resynthesis from the reference's own mel:
+multi-resolution STFT distance, mel L1, MFCC mel-cepstral distortion (dB), PESQ wide-band and
+STOI at 16 kHz, log-F0 RMSE (cents) and voicing decision error (pYIN).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import librosa
+import numpy as np
+import torch
+
+from wavegen.audio import AUDIO_EXTENSIONS, AudioError, load_audio, log_mel, resample
+from wavegen.config import AudioConfig
+from wavegen.losses import multi_resolution_stft_loss
+from wavegen.vocoder import Vocoder
+
+METRIC_RATE = 16000  # PESQ wide-band and STOI are defined at 16 kHz
+MCD_COEFFS = 13  # c1..c12 (c0, the energy, is left out)
+MCD_SCALE = 10.0 / math.log(10.0) * math.sqrt(2.0)
+
+
+def mel_cepstral_distortion(ref_mel: np.ndarray, syn_mel: np.ndarray) -> float:
+    """MFCC-based MCD in dB between two natural-log mels (n_mels, F): DCT-II (ortho), c1..c12."""
+    ref = librosa.feature.mfcc(S=ref_mel, n_mfcc=MCD_COEFFS, dct_type=2, norm="ortho")[1:]
+    syn = librosa.feature.mfcc(S=syn_mel, n_mfcc=MCD_COEFFS, dct_type=2, norm="ortho")[1:]
+    return float(np.mean(MCD_SCALE * np.sqrt(np.sum((ref - syn) ** 2, axis=0))))
+
+
+def pitch_errors(ref: np.ndarray, syn: np.ndarray, rate: int) -> tuple[float, float]:
+    """(log-F0 RMSE in cents over frames voiced in both, voicing decision error as a fraction)."""
+    track = lambda y: librosa.pyin(y, fmin=60.0, fmax=500.0, sr=rate, frame_length=1024, hop_length=256)  # noqa: E731
+    f0_ref, voiced_ref, _ = track(ref)
+    f0_syn, voiced_syn, _ = track(syn)
+    both = voiced_ref & voiced_syn
+    rmse = float(np.sqrt(np.mean((1200 * np.log2(f0_syn[both] / f0_ref[both])) ** 2))) if both.any() else math.nan
+    return rmse, float(np.mean(voiced_ref != voiced_syn))
+
+
+def resynthesis_metrics(ref: np.ndarray, syn: np.ndarray, audio: AudioConfig) -> dict[str, float]:
+    """All metrics of one resynthesis; ref and syn (T,) float32 at audio.sample_rate, same length."""
+    from pesq import PesqError, pesq
+    from pystoi import stoi
+
+    ref_t, syn_t = torch.from_numpy(ref)[None], torch.from_numpy(syn)[None]
+    ref_mel, syn_mel = log_mel(ref_t, audio)[0].numpy(), log_mel(syn_t, audio)[0].numpy()
+    ref16, syn16 = resample(ref, audio.sample_rate, METRIC_RATE), resample(syn, audio.sample_rate, METRIC_RATE)
+    try:
+        pesq_wb = float(pesq(METRIC_RATE, ref16, syn16, "wb"))
+    except PesqError:
+        pesq_wb = math.nan
+    f0_rmse, vde = pitch_errors(ref, syn, audio.sample_rate)
+    return {
+        "stft": float(multi_resolution_stft_loss(syn_t, ref_t, (512, 1024, 2048))),
+        "mel_l1": float(np.mean(np.abs(ref_mel - syn_mel))),
+        "mcd_db": mel_cepstral_distortion(ref_mel, syn_mel),
+        "pesq_wb": pesq_wb,
+        "stoi": float(stoi(ref16, syn16, METRIC_RATE, extended=False)),
+        "f0_rmse_cents": f0_rmse,
+        "vde": vde,
+    }
+
+
+def reference_files(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if folder.is_file():
+        return [folder]
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    if not files:
+        raise AudioError(f"{folder}: no audio files to evaluate")
+    return files
+
+
+def evaluate(vocoder: Vocoder, files: list[Path], models: list[str], seed: int = 0,
+             on_error: Callable[[Path, Exception], None] | None = None) -> dict[str, dict]:
+    """Per-file and median metrics for each model on the same mels: {model: {"files": {...}, "median": {...}}}."""
+    rate, hop = vocoder.audio.sample_rate, vocoder.audio.hop_length
+    per_model: dict[str, dict[str, dict[str, float]]] = {m: {} for m in models}
+    for path in files:
+        try:
+            wav = load_audio(path, rate)
+            wav = wav[: wav.size // hop * hop]
+            mel = vocoder.mel(wav)
+        except AudioError as exc:
+            if on_error is not None:
+                on_error(path, exc)
+            continue
+        for model in models:
+            syn = vocoder.synthesize(mel, model, seed=seed)[0].numpy()
+            per_model[model][path.name] = resynthesis_metrics(wav, syn, vocoder.audio)
+    return {m: {"files": rows, "median": _medians(rows)} for m, rows in per_model.items()}
+
+
+def _medians(rows: dict[str, dict[str, float]]) -> dict[str, float]:
+    if not rows:
+        return {}
+    names = next(iter(rows.values())).keys()
+    return {n: statistics.median(v for r in rows.values() if not math.isnan(v := r[n])) if any(
+        not math.isnan(r[n]) for r in rows.values()) else math.nan for n in names}
+
+
+# ----------------------------------------------------------------------------------------- speed
+
+
+def gemm_ceiling(size: int = 2048, repeats: int = 5) -> float:
+    """fp32 GEMM GFLOP/s at the current thread count: the machine's practical ceiling."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def student_flops_per_sample(vocoder: Vocoder, frames: int = 8) -> float:
+    """FLOPs per output sample of one student pass, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mel = torch.full((1, vocoder.audio.n_mels, frames), -5.0, device=vocoder.device)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        vocoder.student.sample(mel)
+    return counter.get_total_flops() / (frames * vocoder.audio.hop_length)
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark for this process (Linux); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def speech_like_mel(vocoder: Vocoder, seconds: float, seed: int = 0) -> torch.Tensor:
+    """A deterministic mel to benchmark with: a gliding harmonic tone with syllable-rate envelope."""
+    rate = vocoder.audio.sample_rate
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = 150 * (1 + 0.25 * np.sin(2 * np.pi * 0.7 * t))
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    wav = sum(0.3 / k * np.sin(k * phase) for k in range(1, 10)) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    wav = (0.5 * wav / np.abs(wav).max() + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
+    return vocoder.mel(wav)
+
+
+def _timed(run: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(median seconds, peak RSS MB during the runs)."""
+    reset_peak_rss()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), peak_rss_mb()
+
+
+def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0.5,
+              naive_seconds: float = 0.02, repeats: int = 3) -> dict:
+    """Every synthesis path on the same mel, in one run; the teacher paths on a prefix of it."""
+    mel = speech_like_mel(vocoder, seconds)
+    hop, rate = vocoder.audio.hop_length, vocoder.audio.sample_rate
+    total = mel.shape[-1] * hop
+    rows: dict[str, dict] = {}
+
+    def record(name: str, samples: int, elapsed: float, peak: float, note: str = "") -> None:
+        rows[name] = {"samples": samples, "seconds": elapsed, "audio_seconds": samples / rate,
+                      "rtf": elapsed / (samples / rate), "samples_per_s": samples / elapsed,
+                      "peak_rss_mb": peak, "note": note}
+
+    with torch.inference_mode():
+        if vocoder.student is not None:
+            vocoder.synthesize(mel[..., :8], "student", seed=0)  # warm-up
+            elapsed, peak = _timed(lambda: vocoder.synthesize(mel, "student", seed=0), repeats)
+            record("student", total, elapsed, peak, "parallel IAF, whole mel")
+        if vocoder.teacher is not None:
+            frames = max(1, round(teacher_seconds * rate / hop))
+            elapsed, peak = _timed(lambda: vocoder.synthesize(mel[..., :frames], "teacher", seed=0), 1)
+            record("teacher_cached", frames * hop, elapsed, peak,
+                   f"first {frames * hop} samples; RTF extrapolated linearly (per-sample cost is constant)")
+            length = max(1, round(naive_seconds * rate))
+            start = time.perf_counter()
+            vocoder.teacher.generate_naive(mel[..., : math.ceil(length / hop)], length=length)
+            record("teacher_naive", length, time.perf_counter() - start, peak_rss_mb(),
+                   f"first {length} samples, receptive field recomputed each step; extrapolated linearly")
+        elapsed, peak = _timed(lambda: vocoder.synthesize(mel, "griffin-lim"), repeats)
+        record("griffin-lim", total, elapsed, peak, "32 iterations")
+    ceiling = gemm_ceiling()
+    report = {"threads": torch.get_num_threads(), "device": str(vocoder.device), "audio_seconds": seconds,
+              "gemm_gflops": ceiling, "paths": rows}
+    if vocoder.student is not None:
+        flops = student_flops_per_sample(vocoder)
+        achieved = flops * rows["student"]["samples_per_s"] / 1e9
+        report["student_gflops"] = achieved
+        report["student_mflop_per_sample"] = flops / 1e6
+        report["student_fraction_of_ceiling"] = achieved / ceiling
+        for other in ("teacher_cached", "teacher_naive", "griffin-lim"):
+            if other in rows:
+                report[f"speedup_student_vs_{other}"] = rows["student"]["samples_per_s"] / rows[other]["samples_per_s"]
+    return report
