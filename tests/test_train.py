@@ -103,6 +103,12 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     assert not target.exists()
 
 
+def write_preset(path: Path, preset, **train_changes) -> Path:
+    """A YAML preset file: `preset` with its teacher-training section changed."""
+    path.write_text(dump_preset(dataclasses.replace(preset, train=dataclasses.replace(preset.train, **train_changes))))
+    return path
+
+
 def _train_cmd(data: Path, out: Path, preset: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "wavegen", "train", "--preset", str(preset), "--data", str(data),
             "--out", str(out), *extra]
@@ -110,9 +116,8 @@ def _train_cmd(data: Path, out: Path, preset: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_with_the_same_weights(tiny, tiny_data, tmp_path):
-    train = dataclasses.replace(tiny.train, max_steps=60, checkpoint_every=10, validate_every=30, log_every=10)
-    preset_file = tmp_path / "resume.yaml"
-    preset_file.write_text(dump_preset(dataclasses.replace(tiny, train=train)))
+    preset_file = write_preset(tmp_path / "resume.yaml", tiny, max_steps=60, checkpoint_every=10,
+                               validate_every=30, log_every=10)
     subprocess.run(_train_cmd(tiny_data, tmp_path / "straight", preset_file), env=ENV, check=True,
                    capture_output=True)
 
@@ -137,14 +142,10 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tiny, tiny_data, tmp_pat
             torch.testing.assert_close(b[part][name], tensor, atol=0, rtol=0, msg=f"{part}.{name}")
 
 
-
-
 @pytest.mark.slow
 def test_ddp_two_gloo_processes_keep_identical_weights(tiny, tiny_data, tmp_path):
-    train = dataclasses.replace(tiny.train, max_steps=6, checkpoint_every=6, validate_every=6, log_every=3,
-                                batch_size=2)
-    preset_file = tmp_path / "ddp.yaml"
-    preset_file.write_text(dump_preset(dataclasses.replace(tiny, train=train)))
+    preset_file = write_preset(tmp_path / "ddp.yaml", tiny, max_steps=6, checkpoint_every=6, validate_every=6,
+                               log_every=3, batch_size=2)
     script = tmp_path / "ddp_check.py"
     script.write_text(
         "import sys, torch, torch.distributed as dist\n"
@@ -176,10 +177,8 @@ def test_ddp_two_gloo_processes_keep_identical_weights(tiny, tiny_data, tmp_path
 
 @pytest.mark.slow
 def test_torchrun_module_entry_point(tiny, tiny_data, tmp_path):
-    train = dataclasses.replace(tiny.train, max_steps=4, checkpoint_every=4, validate_every=4, log_every=2,
-                                batch_size=2)
-    preset_file = tmp_path / "ddp.yaml"
-    preset_file.write_text(dump_preset(dataclasses.replace(tiny, train=train)))
+    preset_file = write_preset(tmp_path / "ddp.yaml", tiny, max_steps=4, checkpoint_every=4, validate_every=4,
+                               log_every=2, batch_size=2)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
            "wavegen", "train", "--preset", str(preset_file), "--data", str(tiny_data), "--out", str(tmp_path / "r")]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)

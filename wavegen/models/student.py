@@ -59,7 +59,7 @@ class Student(nn.Module):
         mu_tot = torch.zeros_like(z)
         log_sigma_tot = torch.zeros_like(z)
         for flow in self.flows:
-            mu, log_sigma = self._affine(flow(shift_right(x.unsqueeze(1)), cond))  # (B, T) each
+            mu, log_sigma = self._affine(flow(shift_right(x.unsqueeze(1)), cond).float())  # (B, T) each
             sigma = torch.exp(log_sigma)
             x = x * sigma + mu
             mu_tot = mu_tot * sigma + mu

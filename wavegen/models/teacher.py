@@ -32,7 +32,8 @@ class Teacher(nn.Module):
     def params(self, x: Tensor, mel: Tensor) -> Tensor:
         """x (B, T), mel (B, n_mels, F) with T = F * hop -> head parameters (B, P, T); parameters at
         t depend on x_<t only. One parallel pass."""
-        return self.body(shift_right(x.unsqueeze(1)), self.upsampler(mel))
+        # float32 head: the density needs it under bf16 autocast (log-scales reach -9)
+        return self.body(shift_right(x.unsqueeze(1)), self.upsampler(mel)).float()
 
     def gaussian(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 2, T) -> mu, log_sigma (B, T) each, log_sigma clamped below at cfg.log_scale_min."""

@@ -1,0 +1,138 @@
+"""The Gradio page: inputs on the left, the result on the right, both mels underneath.
+
+One endpoint, api_name="vocode": (audio_file, model, temperature=1.0, mel_file=None) ->
+(output audio, input mel image, output mel image, summary markdown).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from wavegen import Vocoder, load_preset
+from wavegen.audio import first_line
+from wavegen.checkpoint import CheckpointError
+from wavegen.vocoder import MODELS
+
+from app.handlers import MODEL_LABELS, TEMPERATURE_RANGE, Limits, vocode
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+FALLBACK_PRESET = "speech16k"
+MAX_FILE_SIZE = "20mb"
+QUEUE_SIZE = 16
+CONCURRENCY = 2
+CSS = """
+#notice { border-left: 4px solid var(--color-accent); padding-left: 12px; }
+#summary { min-height: 3em; }
+"""
+
+
+def load_vocoder(checkpoint: str | Path = "default", device: str = "auto") -> tuple[Vocoder, str | None]:
+    """The vocoder to serve and a notice for the page: Griffin-Lim only when "default" is not shipped yet."""
+    try:
+        return Vocoder.load(checkpoint, device=device), None
+    except CheckpointError as exc:
+        if str(checkpoint) != "default":
+            raise
+        notice = (f"No trained checkpoint could be loaded ({first_line(exc)}), so only **Griffin-Lim** "
+                  f"runs here, with the `{FALLBACK_PRESET}` mel settings.")
+        return Vocoder.from_preset(load_preset(FALLBACK_PRESET), device=device), notice
+
+
+def build_demo(vocoder: Vocoder, *, max_seconds: float = 30.0, teacher_max_seconds: float = 2.0,
+               examples: list[str | Path] | None = None, notice: str | None = None) -> gr.Blocks:
+    """The page and its queued `vocode` endpoint. `examples`: audio files (default: app/examples/*.wav)."""
+    limits = Limits(max_seconds, teacher_max_seconds)
+    examples = sorted(EXAMPLES_DIR.glob("*.wav")) if examples is None else [Path(e) for e in examples]
+    if notice is None and vocoder.available_models == ["griffin-lim"]:
+        notice = "This checkpoint holds no trained model: only **Griffin-Lim** runs here."
+    with gr.Blocks(title="wavegen vocoder", analytics_enabled=False) as demo:
+        gr.Markdown(introduction(vocoder, limits), elem_id="intro")
+        if notice:
+            gr.Markdown(f"⚠️ {notice}", elem_id="notice")
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                audio_in, mel_in, model, temperature, button = input_panel(vocoder, limits)
+            with gr.Column():
+                audio_out = gr.Audio(label="Output audio", type="numpy", interactive=False,
+                                     buttons=["download"], elem_id="audio-out")
+                summary = gr.Markdown("*Choose an input and a model, then press **Vocode**.*", elem_id="summary")
+        with gr.Row():
+            mel_in_img = gr.Image(label="Input mel (time →, frequency ↑)", type="numpy", format="png",
+                                  interactive=False, elem_id="mel-in-img")
+            mel_out_img = gr.Image(label="Output's mel, same colour scale", type="numpy", format="png",
+                                   interactive=False, elem_id="mel-out-img")
+        if examples:
+            gr.Examples([[str(p)] for p in examples], inputs=[audio_in], cache_examples=False,
+                        label="Held-out examples (Asterisk prompts, CC-BY-SA-3.0)", elem_id="examples",
+                        example_labels=[p.stem for p in examples])
+        timings = gr.State({})
+        button.click(endpoint(vocoder, limits), [audio_in, model, temperature, mel_in, timings],
+                     [audio_out, mel_in_img, mel_out_img, summary, timings], api_name="vocode")
+        model.change(lambda m: gr.Slider(interactive=m != "griffin-lim"), model, temperature,
+                     api_visibility="private", queue=False)
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
+    return demo
+
+
+def introduction(vocoder: Vocoder, limits: Limits) -> str:
+    audio = vocoder.audio
+    return (
+        "# wavegen: a neural vocoder\n"
+        "Turns a mel spectrogram back into speech. Upload or record audio (wav, flac, ogg, mp3): its mel is "
+        "taken and vocoded. Or upload a log-mel `.npy` of shape (n_mels, frames) in wavegen's convention "
+        f"({audio.n_mels} bands, natural log, {audio.sample_rate} Hz, hop {audio.hop_length}).\n\n"
+        f"Inputs up to **{limits.max_seconds:g} s**; the teacher samples one value at a time, so it takes "
+        f"at most **{limits.teacher_max_seconds:g} s**."
+    )
+
+
+def input_panel(vocoder: Vocoder, limits: Limits) -> tuple[gr.Audio, gr.File, gr.Radio, gr.Slider, gr.Button]:
+    audio_in = gr.Audio(label="Speech (upload or record)", type="filepath", sources=["upload", "microphone"],
+                        elem_id="audio-in")
+    with gr.Accordion("…or a log-mel spectrogram (.npy)", open=False, elem_id="mel-accordion"):
+        mel_in = gr.File(label="Log-mel .npy, shape (n_mels, frames)", file_types=[".npy"], type="filepath",
+                         elem_id="mel-in")
+    available = vocoder.available_models
+    choices = [(MODEL_LABELS[m] + ("" if m in available else ": not in this checkpoint"), m) for m in MODELS]
+    model = gr.Radio(choices, value=available[0], label="Model", elem_id="model",
+                     info=f"The teacher takes at most {limits.teacher_max_seconds:g} s of input; "
+                          f"the others {limits.max_seconds:g} s.")
+    temperature = gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label="Temperature",
+                            info="Scales the noise the student (and the teacher) sample; 0 gives the mean.",
+                            interactive=available[0] != "griffin-lim", elem_id="temperature")
+    button = gr.Button("Vocode", variant="primary", elem_id="vocode-btn")
+    return audio_in, mel_in, model, temperature, button
+
+
+def endpoint(vocoder: Vocoder, limits: Limits):
+    """The event handler: `vocode` with the session's timings and a progress bar fed by the teacher."""
+
+    def run(audio_file: str | None = None, model: str = "student", temperature: float = 1.0,
+            mel_file: str | None = None, timings: dict | None = None, progress=gr.Progress()):
+        """Vocode an audio file (or a log-mel .npy) with "student", "teacher" or "griffin-lim"; returns the
+        output audio first, then images of the input and output mels and a summary."""
+        timings = {} if timings is None else timings
+
+        def report(done: int, total: int) -> None:
+            progress((done, total), desc=f"{model}: sampling", unit="samples")
+
+        return (*vocode(audio_file, model, temperature, mel_file, vocoder=vocoder, limits=limits,
+                        timings=timings, progress=report), timings)
+
+    return run
+
+
+def launch_options(host: str = "127.0.0.1", port: int = 7860) -> dict[str, Any]:
+    """Keyword arguments for `Blocks.launch`: local only, no share link, no SSR, bounded uploads."""
+    return dict(server_name=host, server_port=port, share=False, ssr_mode=False, max_file_size=MAX_FILE_SIZE,
+                allowed_paths=[str(EXAMPLES_DIR)], css=CSS, footer_links=["api"])
+
+
+def launch(checkpoint: str | Path = "default", host: str = "127.0.0.1", port: int = 7860, **kw: Any):
+    """Load the checkpoint (or fall back to Griffin-Lim), build the page and serve it; `kw` go to launch."""
+    vocoder, notice = load_vocoder(checkpoint)
+    demo = build_demo(vocoder, notice=notice)
+    return demo.launch(**{**launch_options(host, port), **kw})
