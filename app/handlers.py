@@ -72,7 +72,7 @@ def vocode(audio_file: str | Path | None, model: str, temperature: float = 1.0,
     start = time.perf_counter()
     try:
         with relay_warnings():
-            wav = vocoder.synthesize(mel, model=model, temperature=temperature, progress=progress)[0]  # (F*hop,)
+            wav = vocoder.synthesize(mel, model, temperature, progress=progress)[0]  # (F * hop,)
     except ValueError as exc:  # MelError and the library's other refusals
         raise refusal(str(exc)) from exc
     rtf = (time.perf_counter() - start) / seconds
@@ -87,7 +87,8 @@ def check_request(vocoder: Vocoder, model: str, temperature: float) -> None:
     if model not in MODELS:
         raise refusal(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     if model not in vocoder.available_models:
-        raise refusal(f"this checkpoint has no trained {model}; available: {', '.join(vocoder.available_models)}")
+        available = ", ".join(vocoder.available_models)
+        raise refusal(f"this checkpoint has no trained {model}; available: {available}")
     low, high = TEMPERATURE_RANGE
     if not isinstance(temperature, (int, float)) or not low <= temperature <= high:  # NaN fails too
         raise refusal(f"temperature must be a number in [{low:g}, {high:g}], got {temperature!r}")
@@ -123,7 +124,7 @@ def audio_to_mel(vocoder: Vocoder, path: Path) -> Tensor:
 
 
 def read_mel_file(path: Path, audio: AudioConfig) -> Tensor:
-    """A (n_mels, F) or (1, n_mels, F) float .npy file, loaded without pickle, checked against the convention."""
+    """A (n_mels, F) or (1, n_mels, F) float .npy file, read without pickle, checked against the convention."""
     with open(path, "rb") as handle:
         if handle.read(len(NPY_MAGIC)) != NPY_MAGIC:
             raise refusal(f"{path.name}: not a .npy file (no NumPy header); save the mel with numpy.save")
@@ -182,7 +183,7 @@ def summarize(model: str, seconds: float, rtf: float, runs: dict[str, float]) ->
             f"real-time factor {rtf:.3g} ({pace}).")
     others = [m for m in MODELS if m != "teacher" and m in runs]
     if "teacher" in runs and others:
-        gains = ", ".join(f"{MODEL_LABELS[m].split(' (')[0]} {runs['teacher'] / runs[m]:.0f}×" for m in others)
+        gains = ", ".join(f"{m} {runs['teacher'] / runs[m]:.0f}×" for m in others)
         line += f" Speed-up over the teacher on this input: {gains}."
     elif model != "teacher":
         line += " Run the teacher on the same input to see the speed-up over it."

@@ -23,6 +23,14 @@ FALLBACK_PRESET = "speech16k"
 MAX_FILE_SIZE = "20mb"
 QUEUE_SIZE = 16
 CONCURRENCY = 2
+CACHE_AGE = 3600  # seconds an upload or a result stays on the server
+ABOUT = (
+    "**student**: a Gaussian inverse-autoregressive flow distilled from the teacher; it draws every "
+    "sample at once, in parallel. **teacher**: the autoregressive WaveNet it learned from; one sample "
+    "after another, so slow on a CPU. **Griffin-Lim**: no network, phase recovered iteratively from the "
+    "mel; a baseline.\n\n"
+    f"Uploads and results are deleted from the server after about {CACHE_AGE // 60} minutes."
+)
 CSS = """
 #notice { border-left: 4px solid var(--color-accent); padding-left: 12px; }
 #summary { min-height: 3em; }
@@ -48,29 +56,29 @@ def build_demo(vocoder: Vocoder, *, max_seconds: float = 30.0, teacher_max_secon
     examples = sorted(EXAMPLES_DIR.glob("*.wav")) if examples is None else [Path(e) for e in examples]
     if notice is None and vocoder.available_models == ["griffin-lim"]:
         notice = "This checkpoint holds no trained model: only **Griffin-Lim** runs here."
-    with gr.Blocks(title="wavegen vocoder", analytics_enabled=False) as demo:
+    with gr.Blocks(title="wavegen vocoder", analytics_enabled=False,
+                   delete_cache=(CACHE_AGE, CACHE_AGE)) as demo:
         gr.Markdown(introduction(vocoder, limits), elem_id="intro")
         if notice:
             gr.Markdown(f"⚠️ {notice}", elem_id="notice")
         with gr.Row(equal_height=False):
             with gr.Column():
-                audio_in, mel_in, model, temperature, button = input_panel(vocoder, limits)
+                audio_in, mel_in = input_panel(examples)
             with gr.Column():
+                model, temperature, button = model_panel(vocoder, limits)
                 audio_out = gr.Audio(label="Output audio", type="numpy", interactive=False,
                                      buttons=["download"], elem_id="audio-out")
-                summary = gr.Markdown("*Choose an input and a model, then press **Vocode**.*", elem_id="summary")
+                summary = gr.Markdown("*Choose an input and a model, then press **Vocode**.*",
+                                      elem_id="summary")
         with gr.Row():
             mel_in_img = gr.Image(label="Input mel (time →, frequency ↑)", type="numpy", format="png",
                                   interactive=False, elem_id="mel-in-img")
             mel_out_img = gr.Image(label="Output's mel, same colour scale", type="numpy", format="png",
                                    interactive=False, elem_id="mel-out-img")
-        if examples:
-            gr.Examples([[str(p)] for p in examples], inputs=[audio_in], cache_examples=False,
-                        label="Held-out examples (Asterisk prompts, CC-BY-SA-3.0)", elem_id="examples",
-                        example_labels=[p.stem for p in examples])
         timings = gr.State({})
         button.click(endpoint(vocoder, limits), [audio_in, model, temperature, mel_in, timings],
-                     [audio_out, mel_in_img, mel_out_img, summary, timings], api_name="vocode")
+                     [audio_out, mel_in_img, mel_out_img, summary, timings], api_name="vocode",
+                     show_progress_on=audio_out)
         model.change(lambda m: gr.Slider(interactive=m != "griffin-lim"), model, temperature,
                      api_visibility="private", queue=False)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
@@ -89,12 +97,21 @@ def introduction(vocoder: Vocoder, limits: Limits) -> str:
     )
 
 
-def input_panel(vocoder: Vocoder, limits: Limits) -> tuple[gr.Audio, gr.File, gr.Radio, gr.Slider, gr.Button]:
+def input_panel(examples: list[Path]) -> tuple[gr.Audio, gr.File]:
     audio_in = gr.Audio(label="Speech (upload or record)", type="filepath", sources=["upload", "microphone"],
                         elem_id="audio-in")
     with gr.Accordion("…or a log-mel spectrogram (.npy)", open=False, elem_id="mel-accordion"):
         mel_in = gr.File(label="Log-mel .npy, shape (n_mels, frames)", file_types=[".npy"], type="filepath",
                          elem_id="mel-in")
+    if examples:
+        gr.Examples([[str(p)] for p in examples], inputs=[audio_in], cache_examples=False,
+                    label="Held-out examples (Asterisk prompts, CC-BY-SA-3.0)", elem_id="examples",
+                    example_labels=[p.stem for p in examples])
+    gr.Markdown(ABOUT, elem_id="about")
+    return audio_in, mel_in
+
+
+def model_panel(vocoder: Vocoder, limits: Limits) -> tuple[gr.Radio, gr.Slider, gr.Button]:
     available = vocoder.available_models
     choices = [(MODEL_LABELS[m] + ("" if m in available else ": not in this checkpoint"), m) for m in MODELS]
     model = gr.Radio(choices, value=available[0], label="Model", elem_id="model",
@@ -104,7 +121,7 @@ def input_panel(vocoder: Vocoder, limits: Limits) -> tuple[gr.Audio, gr.File, gr
                             info="Scales the noise the student (and the teacher) sample; 0 gives the mean.",
                             interactive=available[0] != "griffin-lim", elem_id="temperature")
     button = gr.Button("Vocode", variant="primary", elem_id="vocode-btn")
-    return audio_in, mel_in, model, temperature, button
+    return model, temperature, button
 
 
 def endpoint(vocoder: Vocoder, limits: Limits):

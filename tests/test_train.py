@@ -88,6 +88,7 @@ class _Exploit:
         return (Path.touch, (self.target,))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     target = tmp_path / "pwned"
     bad = tmp_path / "step_00000001.pt"

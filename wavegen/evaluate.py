@@ -188,6 +188,12 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
             vocoder.synthesize(mel[..., :8], "student", seed=0)  # warm-up
             elapsed, peak = _timed(lambda: vocoder.synthesize(mel, "student", seed=0), repeats)
             record("student", total, elapsed, peak, "parallel IAF, whole mel")
+        if vocoder.student is not None:
+            frames = max(1, round(teacher_seconds * rate / hop))
+            x = vocoder.synthesize(mel[..., :frames], "student", seed=0).to(vocoder.device)
+            elapsed, peak = _timed(lambda: vocoder.student.log_prob(x, mel[..., :frames]), 1)
+            record("student_log_prob", frames * hop, elapsed, peak,
+                   f"first {frames * hop} samples; sequential inverse, all flows; extrapolated linearly")
         if vocoder.teacher is not None:
             frames = max(1, round(teacher_seconds * rate / hop))
             elapsed, peak = _timed(lambda: vocoder.synthesize(mel[..., :frames], "teacher", seed=0), 1)

@@ -1,0 +1,248 @@
+"""The web demo: the handler called directly, the HTTP API through gradio_client, and a real browser.
+
+A tiny untrained vocoder is enough: these tests check plumbing, lengths and error messages, not sound.
+Everything runs offline on the CPU; the browser test needs Debian's /usr/bin/chromium.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import socket  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+
+import wavegen.vocoder  # noqa: E402
+from app import Limits, build_demo, launch_options, load_vocoder, vocode  # noqa: E402
+from wavegen.checkpoint import CheckpointError  # noqa: E402
+from wavegen.config import load_preset  # noqa: E402
+from wavegen.models import Student, Teacher  # noqa: E402
+from wavegen.vocoder import Vocoder  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def preset():
+    return load_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def vocoder(preset) -> Vocoder:
+    torch.manual_seed(0)
+    return Vocoder(preset.audio, Teacher(preset.teacher), Student(preset.student), device="cpu")
+
+
+def write_tone(path: Path, seconds: float, sample_rate: int) -> Path:
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sample_rate)
+    return path
+
+
+def expected_samples(path: Path, preset) -> int:
+    """A file of T samples at the model's rate gives T // hop frames, and frames * hop samples back."""
+    return sf.info(str(path)).frames // preset.audio.hop_length * preset.audio.hop_length
+
+
+def refusal_message(excinfo: pytest.ExceptionInfo) -> str:
+    message = excinfo.value.message
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+# --- the handler, called directly ---------------------------------------------------------------
+
+def test_vocode_returns_int16_audio_of_frames_times_hop(tmp_path, vocoder, preset):
+    wav = write_tone(tmp_path / "tone.wav", 0.5, preset.audio.sample_rate)
+    result = vocode(str(wav), "student", vocoder=vocoder)
+    rate, audio = result.audio
+    assert rate == preset.audio.sample_rate and audio.dtype == np.int16
+    assert audio.shape == (expected_samples(wav, preset),)
+    assert result.input_mel.dtype == np.uint8 and result.input_mel.shape == result.output_mel.shape
+    assert result.input_mel.shape[-1] == 3 and not np.array_equal(result.input_mel, result.output_mel)
+    assert "0.50 s of audio" in result.summary and "real-time factor" in result.summary
+
+
+def test_mel_file_is_vocoded_to_frames_times_hop(tmp_path, vocoder, preset):
+    wav = write_tone(tmp_path / "tone.wav", 0.3, preset.audio.sample_rate)
+    mel = vocoder.mel(sf.read(wav, dtype="float32")[0])[0].numpy()  # (n_mels, F)
+    np.save(tmp_path / "mel.npy", mel)
+    rate, audio = vocode(None, "griffin-lim", mel_file=str(tmp_path / "mel.npy"), vocoder=vocoder).audio
+    assert audio.shape == (mel.shape[1] * preset.audio.hop_length,)
+
+
+def test_speed_up_over_the_teacher_is_reported_for_the_same_input(tmp_path, vocoder, preset):
+    wav = write_tone(tmp_path / "short.wav", 0.1, preset.audio.sample_rate)
+    timings, calls = {}, []
+    first = vocode(str(wav), "student", vocoder=vocoder, timings=timings)
+    assert "Speed-up over the teacher" not in first.summary
+    teacher = vocode(str(wav), "teacher", vocoder=vocoder, timings=timings,
+                     progress=lambda done, total: calls.append((done, total)))
+    assert teacher.audio[1].shape == (expected_samples(wav, preset),)
+    assert calls and calls[-1] == (expected_samples(wav, preset),) * 2
+    assert "Speed-up over the teacher on this input: student" in teacher.summary
+
+
+def test_corrupt_file_is_refused_with_a_one_line_message(tmp_path, vocoder):
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
+    with pytest.raises(gr.Error) as excinfo:
+        vocode(str(corrupt), "student", vocoder=vocoder)
+    message = refusal_message(excinfo)
+    assert message.startswith("corrupt.wav: cannot decode audio") and str(tmp_path) not in message
+
+
+def test_too_long_upload_is_refused_and_the_teacher_cap_is_shorter(tmp_path, vocoder, preset):
+    wav = write_tone(tmp_path / "long.wav", 1.5, preset.audio.sample_rate)
+    limits = Limits(max_seconds=1.0, teacher_max_seconds=0.25)
+    with pytest.raises(gr.Error) as excinfo:
+        vocode(str(wav), "student", vocoder=vocoder, limits=limits)
+    assert "the input is 1.50 s long; the student takes at most 1 s" in refusal_message(excinfo)
+    short = write_tone(tmp_path / "short.wav", 0.5, preset.audio.sample_rate)
+    with pytest.raises(gr.Error) as excinfo:
+        vocode(str(short), "teacher", vocoder=vocoder, limits=limits)
+    assert "the teacher takes at most 0.25 s" in refusal_message(excinfo)
+
+
+def test_mel_with_the_wrong_band_count_is_refused(tmp_path, vocoder, preset):
+    np.save(tmp_path / "mel80.npy", np.full((preset.audio.n_mels + 60, 12), -4.0, dtype=np.float32))
+    with pytest.raises(gr.Error) as excinfo:
+        vocode(None, "student", mel_file=str(tmp_path / "mel80.npy"), vocoder=vocoder)
+    assert refusal_message(excinfo) == (f"mel80.npy: has {preset.audio.n_mels + 60} mel bands, "
+                                        f"the model expects {preset.audio.n_mels}")
+
+
+@pytest.mark.parametrize("name, content, model, expected", [
+    ("notnpy.npy", b"just text", "student", "notnpy.npy: not a .npy file"),
+    ("ints.npy", np.zeros((20, 5), dtype=np.int64), "student", "ints.npy: holds int64 values"),
+    ("batch.npy", np.full((2, 20, 5), -6.0, dtype=np.float32), "student", "batch.npy: holds a batch of 2"),
+    (None, None, "student", "no input"),
+    ("tone.wav", None, "wavenet", "unknown model 'wavenet'"),
+])
+def test_other_bad_requests_are_refused(tmp_path, vocoder, preset, name, content, model, expected):
+    path = tmp_path / name if name else None
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        np.save(path, content)
+    elif name:
+        write_tone(path, 0.2, preset.audio.sample_rate)
+    is_mel = name is not None and name.endswith(".npy")
+    audio_file, mel_file = (None, path) if is_mel else (path, None)
+    with pytest.raises(gr.Error) as excinfo:
+        vocode(audio_file, model, mel_file=mel_file, vocoder=vocoder)
+    assert refusal_message(excinfo).startswith(expected)
+
+
+def test_missing_model_is_refused_by_name(tmp_path, preset):
+    griffin_lim_only = Vocoder.from_preset(preset, device="cpu")
+    wav = write_tone(tmp_path / "tone.wav", 0.2, preset.audio.sample_rate)
+    with pytest.raises(gr.Error) as excinfo:
+        vocode(str(wav), "student", vocoder=griffin_lim_only)
+    assert refusal_message(excinfo) == "this checkpoint has no trained student; available: griffin-lim"
+
+
+def test_missing_default_checkpoint_falls_back_to_griffin_lim(tmp_path, monkeypatch):
+    monkeypatch.setattr(wavegen.vocoder, "CHECKPOINTS_DIR", tmp_path)
+    vocoder, notice = load_vocoder("default", device="cpu")
+    assert vocoder.available_models == ["griffin-lim"] and "Griffin-Lim" in notice
+    with pytest.raises(CheckpointError):
+        load_vocoder("no-such-checkpoint", device="cpu")
+    demo = build_demo(vocoder, notice=notice, examples=[])
+    shown = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown)]
+    assert any(notice in (text or "") for text in shown)
+
+
+# --- the app served in-process, through gradio_client -----------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(vocoder):
+    """The demo on a free local port (the launch options `launch` uses), closed after the module."""
+    demo = build_demo(vocoder, max_seconds=2.0, teacher_max_seconds=0.25)
+    port = free_port()
+    demo.launch(**{**launch_options("127.0.0.1", port), "prevent_thread_lock": True, "quiet": True})
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture
+def client(served, tmp_path):
+    from gradio_client import Client
+
+    return Client(served, analytics_enabled=False, verbose=False, download_files=str(tmp_path / "downloads"))
+
+
+def test_api_vocode_returns_the_audio_first(client, tmp_path, preset):
+    from gradio_client import handle_file
+
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/vocode"]
+    names = [p["parameter_name"] for p in api["parameters"]]
+    assert names == ["audio_file", "model", "temperature", "mel_file"]
+    wav = write_tone(tmp_path / "tone.wav", 0.5, preset.audio.sample_rate)
+    result = client.predict(handle_file(str(wav)), "student", api_name="/vocode")
+    assert len(result) == 4  # audio, input mel image, output mel image, summary (the session state is hidden)
+    audio, rate = sf.read(result[0], dtype="int16")
+    assert rate == preset.audio.sample_rate and audio.shape == (expected_samples(wav, preset),)
+    assert "real-time factor" in result[3]
+
+
+def test_api_reports_errors_as_messages(client, tmp_path, preset):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"this is not audio")
+    with pytest.raises(AppError, match=r"corrupt\.wav: cannot decode audio"):
+        client.predict(handle_file(str(corrupt)), "student", api_name="/vocode")
+    wav = write_tone(tmp_path / "tone.wav", 0.5, preset.audio.sample_rate)
+    with pytest.raises(AppError, match=r"the teacher takes at most 0\.25 s"):
+        client.predict(handle_file(str(wav)), "teacher", 1.0, api_name="/vocode")
+
+
+# --- a real browser ------------------------------------------------------------------------------
+
+def test_browser_upload_vocode_and_download(served, tmp_path, preset):
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is absent (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    wav = write_tone(tmp_path / "tone.wav", 0.75, preset.audio.sample_rate)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(served, wait_until="domcontentloaded")
+            page.locator("#audio-in input[type=file]").set_input_files(str(wav))
+            uploaded = page.locator("#audio-in audio[data-testid^=audio-player]")  # appears once uploaded
+            expect(uploaded).to_be_attached()
+            page.locator("#model input[value=student]").check()
+            page.locator("#vocode-btn").click()
+            link = page.locator("#audio-out a[download]")
+            expect(link).to_be_attached(timeout=30_000)
+            expect(page.locator("#summary")).to_contain_text("real-time factor", timeout=30_000)
+            response = page.request.get(link.get_attribute("href"))
+            assert response.ok
+            (tmp_path / "out.wav").write_bytes(response.body())
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+        finally:
+            browser.close()
+    audio, rate = sf.read(tmp_path / "out.wav", dtype="int16")
+    assert rate == preset.audio.sample_rate and audio.shape == (expected_samples(wav, preset),)
