@@ -1,18 +1,16 @@
 """The synthesis handler behind the page and the `vocode` API endpoint, callable without a server.
 
 Every problem with the user's input becomes a one-line `gr.Error` (shown as a message, never a
-traceback) and every warning about it a `gr.Warning`; files are named by their own name, not the
-server's temporary path.
+traceback), a doubtful mel also a `gr.Warning`; files are named by their own name, not the server's
+temporary path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import html
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -22,7 +20,7 @@ import numpy as np
 from torch import Tensor
 
 from wavegen import Vocoder
-from wavegen.audio import AudioError, MelConventionWarning, MelError, check_mel, load_audio
+from wavegen.audio import AudioError, MelError, check_mel, load_audio, mel_convention_mismatch
 from wavegen.config import AudioConfig
 from wavegen.vocoder import MODELS
 
@@ -71,16 +69,16 @@ def vocode(audio_file: str | Path | None, model: str, temperature: float = 1.0,
     check_duration(seconds, model, limits)
     start = time.perf_counter()
     try:
-        with relay_warnings():
-            wav = vocoder.synthesize(mel, model, temperature, progress=progress)[0]  # (F * hop,)
+        wav = vocoder.synthesize(mel, model, temperature, progress=progress)[0]  # (F * hop,)
     except ValueError as exc:  # MelError and the library's other refusals
         raise refusal(str(exc)) from exc
-    rtf = (time.perf_counter() - start) / seconds
+    rtf = max(time.perf_counter() - start, 1e-6) / seconds
     runs = remember(timings, mel, model, rtf)
+    teacher_can_run = "teacher" in vocoder.available_models and seconds <= limits.teacher_max_seconds
     mel_in, mel_out = mel[0].cpu().numpy(), vocoder.mel(wav)[0].cpu().numpy()  # (n_mels, F) each
     scale = colour_scale(mel_in, mel_out)
     return VocodeResult((vocoder.audio.sample_rate, to_int16(wav.numpy())), mel_image(mel_in, scale),
-                        mel_image(mel_out, scale), summarize(model, seconds, rtf, runs))
+                        mel_image(mel_out, scale), summarize(model, seconds, rtf, runs, teacher_can_run))
 
 
 def check_request(vocoder: Vocoder, model: str, temperature: float) -> None:
@@ -116,50 +114,34 @@ def read_input(vocoder: Vocoder, audio_file: str | Path | None, mel_file: str | 
 def audio_to_mel(vocoder: Vocoder, path: Path) -> Tensor:
     """Decode with soundfile (wav, flac, ogg, mp3; no ffmpeg), resample, take the log-mel."""
     try:
-        with relay_warnings(path):
-            wav = load_audio(path, vocoder.audio.sample_rate)  # (T,)
+        wav = load_audio(path, vocoder.audio.sample_rate)  # (T,)
         return vocoder.mel(wav)  # (1, n_mels, T // hop)
     except AudioError as exc:
         raise refusal(str(exc), path) from exc
 
 
 def read_mel_file(path: Path, audio: AudioConfig) -> Tensor:
-    """A (n_mels, F) or (1, n_mels, F) float .npy file, read without pickle, checked against the convention."""
-    with open(path, "rb") as handle:
-        if handle.read(len(NPY_MAGIC)) != NPY_MAGIC:
-            raise refusal(f"{path.name}: not a .npy file (no NumPy header); save the mel with numpy.save")
+    """A (n_mels, F) or (1, n_mels, F) float .npy, read without pickle, checked against the convention."""
     try:
-        array = np.load(path, allow_pickle=False)
+        with open(path, "rb") as handle:
+            is_npy = handle.read(len(NPY_MAGIC)) == NPY_MAGIC
+        array = np.load(path, allow_pickle=False) if is_npy else None
     except (ValueError, OSError, EOFError) as exc:
-        raise refusal(f"{path.name}: unreadable .npy file ({one_line(str(exc))})") from exc
+        raise refusal(f"{path.name}: unreadable .npy file ({one_line(str(exc), path)})") from exc
+    if array is None:
+        raise refusal(f"{path.name}: not a .npy file (no NumPy header); save the mel with numpy.save")
     if array.dtype.kind != "f":
         raise refusal(f"{path.name}: holds {array.dtype} values; expected a floating-point log-mel")
     try:
-        with relay_warnings(path):
-            mel = check_mel(array, audio, name=path.name)  # (B, n_mels, F)
+        mel = check_mel(array, audio, name=path.name)  # (B, n_mels, F); its warnings go to the server log
     except MelError as exc:
         raise refusal(str(exc), path) from exc
     if mel.shape[0] != 1:
         raise refusal(f"{path.name}: holds a batch of {mel.shape[0]} mels; upload one (n_mels, frames) array")
+    mismatch = mel_convention_mismatch(mel, audio)
+    if mismatch:  # on the page too (not by catching warnings: that is process-wide, unsafe across requests)
+        gr.Warning(html.escape(f"{path.name}: {mismatch}", quote=False))
     return mel
-
-
-@contextlib.contextmanager
-def relay_warnings(path: Path | None = None) -> Iterator[None]:
-    """Show the library's warnings about this input on the page (gr.Warning); pass the others on.
-
-    (`warnings.catch_warnings` is process-wide: with two requests at once a warning may reach the
-    other session's page; it is never lost.)
-    """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for item in caught:
-        message = str(item.message)
-        if issubclass(item.category, MelConventionWarning) or (path is not None and str(path) in message):
-            gr.Warning(html.escape(one_line(message, path), quote=False))
-        else:
-            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
 
 
 def remember(timings: dict[str, dict[str, float]] | None, mel: Tensor, model: str,
@@ -167,7 +149,7 @@ def remember(timings: dict[str, dict[str, float]] | None, mel: Tensor, model: st
     """Store this run's real-time factor under the input's fingerprint; all runs on that input."""
     if timings is None:
         return {model: rtf}
-    key = hashlib.sha1(mel.cpu().numpy().tobytes()).hexdigest()
+    key = hashlib.sha1(mel.cpu().numpy().tobytes(), usedforsecurity=False).hexdigest()
     runs = timings.pop(key, {})  # re-inserted last: the oldest input is forgotten first
     runs[model] = rtf
     timings[key] = runs
@@ -176,7 +158,7 @@ def remember(timings: dict[str, dict[str, float]] | None, mel: Tensor, model: st
     return runs
 
 
-def summarize(model: str, seconds: float, rtf: float, runs: dict[str, float]) -> str:
+def summarize(model: str, seconds: float, rtf: float, runs: dict[str, float], teacher_can_run: bool) -> str:
     """Markdown: audio length, wall time, real-time factor, and the speed-up over the teacher."""
     pace = f"{1 / rtf:.1f}× faster than real time" if rtf < 1 else f"{rtf:.1f}× slower than real time"
     line = (f"**{MODEL_LABELS[model]}**: {seconds:.2f} s of audio in {rtf * seconds:.2f} s wall time, "
@@ -185,7 +167,7 @@ def summarize(model: str, seconds: float, rtf: float, runs: dict[str, float]) ->
     if "teacher" in runs and others:
         gains = ", ".join(f"{m} {runs['teacher'] / runs[m]:.0f}×" for m in others)
         line += f" Speed-up over the teacher on this input: {gains}."
-    elif model != "teacher":
+    elif model != "teacher" and teacher_can_run:
         line += " Run the teacher on the same input to see the speed-up over it."
     return line
 

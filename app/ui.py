@@ -23,6 +23,7 @@ FALLBACK_PRESET = "speech16k"
 MAX_FILE_SIZE = "20mb"
 QUEUE_SIZE = 16
 CONCURRENCY = 2
+IMAGE_BUTTONS = ["download", "fullscreen"]  # no "share": it would send files to Hugging Face
 CACHE_AGE = 3600  # seconds an upload or a result stays on the server
 ABOUT = (
     "**student**: a Gaussian inverse-autoregressive flow distilled from the teacher; it draws every "
@@ -72,9 +73,9 @@ def build_demo(vocoder: Vocoder, *, max_seconds: float = 30.0, teacher_max_secon
                                       elem_id="summary")
         with gr.Row():
             mel_in_img = gr.Image(label="Input mel (time →, frequency ↑)", type="numpy", format="png",
-                                  interactive=False, elem_id="mel-in-img")
+                                  interactive=False, buttons=IMAGE_BUTTONS, elem_id="mel-in-img")
             mel_out_img = gr.Image(label="Output's mel, same colour scale", type="numpy", format="png",
-                                   interactive=False, elem_id="mel-out-img")
+                                   interactive=False, buttons=IMAGE_BUTTONS, elem_id="mel-out-img")
         timings = gr.State({})
         button.click(endpoint(vocoder, limits), [audio_in, model, temperature, mel_in, timings],
                      [audio_out, mel_in_img, mel_out_img, summary, timings], api_name="vocode",
@@ -99,7 +100,7 @@ def introduction(vocoder: Vocoder, limits: Limits) -> str:
 
 def input_panel(examples: list[Path]) -> tuple[gr.Audio, gr.File]:
     audio_in = gr.Audio(label="Speech (upload or record)", type="filepath", sources=["upload", "microphone"],
-                        elem_id="audio-in")
+                        buttons=["download"], elem_id="audio-in")
     with gr.Accordion("…or a log-mel spectrogram (.npy)", open=False, elem_id="mel-accordion"):
         mel_in = gr.File(label="Log-mel .npy, shape (n_mels, frames)", file_types=[".npy"], type="filepath",
                          elem_id="mel-in")
@@ -148,8 +149,13 @@ def launch_options(host: str = "127.0.0.1", port: int = 7860) -> dict[str, Any]:
                 allowed_paths=[str(EXAMPLES_DIR)], css=CSS, footer_links=["api"])
 
 
-def launch(checkpoint: str | Path = "default", host: str = "127.0.0.1", port: int = 7860, **kw: Any):
-    """Load the checkpoint (or fall back to Griffin-Lim), build the page and serve it; `kw` go to launch."""
+def launch(checkpoint: str | Path = "default", host: str = "127.0.0.1", port: int = 7860,
+           **kw: Any) -> gr.Blocks:
+    """Load the checkpoint (or fall back to Griffin-Lim), build the page and serve it.
+
+    `kw` go to `Blocks.launch` (e.g. prevent_thread_lock=True to return at once; then `.close()` it).
+    """
     vocoder, notice = load_vocoder(checkpoint)
     demo = build_demo(vocoder, notice=notice)
-    return demo.launch(**{**launch_options(host, port), **kw})
+    demo.launch(**{**launch_options(host, port), **kw})
+    return demo

@@ -1,7 +1,8 @@
 """Recipes that build a training corpus from material already on the machine.
 
 `asterisk`: the Asterisk core sound prompts (Debian packages `asterisk-core-sounds-*-g722`),
-professional studio recordings of four voices in five languages, 16 kHz G.722, CC-BY-SA-3.0.
+professional studio recordings of four voices in five languages, 16 kHz G.722; CC-BY-SA-3.0 (en, es,
+fr) and CC-BY-3.0 (it, ru), as the packages' copyright files say.
 Decoded with the `G722` package (no ffmpeg), written as 16-bit wav files, one folder per voice,
 with the held-out list (`heldout.txt`) and the packages' attribution beside them.
 """
@@ -92,8 +93,9 @@ def build_asterisk(out: str | Path, root: Path = ASTERISK_ROOT, progress: bool =
 
 
 def _write_attribution(out: Path) -> None:
-    parts = ["Asterisk core sound prompts, licensed CC-BY-SA-3.0 "
-             "(https://creativecommons.org/licenses/by-sa/3.0/).\n"
+    parts = ["Asterisk core sound prompts. Licences, per the Debian copyright files below: CC-BY-SA-3.0 "
+             "(https://creativecommons.org/licenses/by-sa/3.0/) for the English, Spanish and French voices, "
+             "CC-BY-3.0 (https://creativecommons.org/licenses/by/3.0/) for the Italian and Russian voices.\n"
              "Decoded from G.722 to 16-bit WAV by `wavegen corpus asterisk`; otherwise unmodified.\n"]
     for lang in ASTERISK_LANGUAGES:
         copyright_file = Path(f"/usr/share/doc/asterisk-core-sounds-{lang}-g722/copyright")
