@@ -44,6 +44,8 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     file for an unreadable, empty or non-finite file.
     """
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise AudioError(f"{path}: the file is empty (0 bytes)")
     try:
         data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (T, channels)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:

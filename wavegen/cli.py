@@ -137,7 +137,7 @@ def cmd_vocode(args: argparse.Namespace) -> int:
                 mel = vocoder.mel(load_audio(path, vocoder.audio.sample_rate))[0]
             jobs[target] = (path, mel)
         except USER_ERRORS as exc:
-            failures.append(str(exc))
+            failures.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
     out.mkdir(parents=True, exist_ok=True)
     targets = list(jobs)
     bar = tqdm(total=len(targets), desc=f"vocode ({args.model})", unit="file")
@@ -313,10 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
+        warnings.showwarning = _one_line_warning  # restored when the block exits
         try:
             return args.func(args)
         except USER_ERRORS as exc:
