@@ -101,7 +101,8 @@ def test_bench_reports_every_path_in_one_run(tiny_checkpoint):
                      "--teacher-seconds", "0.05", "--naive-seconds", "0.01")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report["paths"]) == {"student", "student_log_prob", "teacher_cached", "teacher_naive", "griffin-lim"}
+    assert set(report["paths"]) == {"student", "student_log_prob", "teacher_forced_train", "teacher_cached",
+                                    "teacher_naive", "griffin-lim"}
     for row in report["paths"].values():
         assert row["seconds"] > 0 and row["rtf"] > 0 and row["peak_rss_mb"] > 0
     assert report["gemm_gflops"] > 0 and report["student_gflops"] > 0

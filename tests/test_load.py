@@ -180,7 +180,8 @@ def test_many_users_at_once_are_all_answered_within_bounds(tmp_path, tiny):
         memory_after = memory_mb()
         assert not [t.name for t in threads if t.is_alive()], "callers still waiting after the deadline"
 
-        health = Client(url, analytics_enabled=False, verbose=False, download_files=str(tmp_path / "dl-after"))
+        health = Client(url, analytics_enabled=False, verbose=False,
+                        download_files=str(tmp_path / "dl-after"))
         after = send(health, single, time.monotonic() + 30, rate)
         health.close()
     finally:
@@ -200,6 +201,7 @@ def test_many_users_at_once_are_all_answered_within_bounds(tmp_path, tiny):
         "error_latency_median_s": round(float(np.median([o.seconds for o in outcomes
                                                          if o.kind == "app_error"])), 3) if kinds["app_error"]
         else None,
+        "alone_latency_s": round(warm_up.seconds, 3), "after_latency_s": round(after.seconds, 3),
         "load_wall_s": round(load_seconds, 2),
         "rss_mb_before": round(memory_before["VmRSS"], 1), "rss_mb_after": round(memory_after["VmRSS"], 1),
         "peak_rss_mb_before": round(memory_before["VmHWM"], 1),

@@ -147,16 +147,17 @@ def peak_rss_mb() -> float:
     return math.nan
 
 
-def speech_like_mel(vocoder: Vocoder, seconds: float, seed: int = 0) -> torch.Tensor:
-    """A deterministic mel to benchmark with: a gliding harmonic tone with syllable-rate envelope."""
-    rate = vocoder.audio.sample_rate
+def speech_like(vocoder: Vocoder, seconds: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic waveform (1, T) and its mel to benchmark with: a gliding harmonic tone with a
+    syllable-rate envelope."""
+    rate, hop = vocoder.audio.sample_rate, vocoder.audio.hop_length
     rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
+    t = np.arange(int(seconds * rate) // hop * hop) / rate
     f0 = 150 * (1 + 0.25 * np.sin(2 * np.pi * 0.7 * t))
     phase = 2 * np.pi * np.cumsum(f0) / rate
     wav = sum(0.3 / k * np.sin(k * phase) for k in range(1, 10)) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
     wav = (0.5 * wav / np.abs(wav).max() + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
-    return vocoder.mel(wav)
+    return torch.from_numpy(wav)[None].to(vocoder.device), vocoder.mel(wav)
 
 
 def _timed(run: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -171,11 +172,13 @@ def _timed(run: Callable[[], object], repeats: int) -> tuple[float, float]:
 
 
 def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0.5,
-              naive_seconds: float = 0.02, repeats: int = 3) -> dict:
-    """Every synthesis path on the same mel, in one run; the teacher paths on a prefix of it."""
-    mel = speech_like_mel(vocoder, seconds)
+              naive_seconds: float = 0.02, repeats: int = 3, batch: int = 1) -> dict:
+    """Every synthesis path on the same mel (repeated `batch` times), in one run; the teacher paths
+    on a prefix of it. Samples and real-time factors count every item of the batch."""
+    wav, mel = speech_like(vocoder, seconds)
+    wav, mel = wav.repeat(batch, 1), mel.repeat(batch, 1, 1)
     hop, rate = vocoder.audio.hop_length, vocoder.audio.sample_rate
-    total = mel.shape[-1] * hop
+    total = mel.shape[-1] * hop * batch
     rows: dict[str, dict] = {}
 
     def record(name: str, samples: int, elapsed: float, peak: float, note: str = "") -> None:
@@ -183,31 +186,38 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
                       "rtf": elapsed / (samples / rate), "samples_per_s": samples / elapsed,
                       "peak_rss_mb": peak, "note": note}
 
+    if vocoder.teacher is not None:  # training throughput: teacher-forced forward + backward
+        frames = max(1, round(teacher_seconds * rate / hop))
+        x, m = wav[:, : frames * hop].clone(), mel[..., :frames].clone()
+        elapsed, peak = _timed(lambda: vocoder.teacher.log_prob(x, m).mean().backward(), repeats)
+        vocoder.teacher.zero_grad(set_to_none=True)
+        record("teacher_forced_train", frames * hop * batch, elapsed, peak,
+               "log_prob forward + backward (training throughput, no optimizer step)")
     with torch.inference_mode():
         if vocoder.student is not None:
             vocoder.synthesize(mel[..., :8], "student", seed=0)  # warm-up
             elapsed, peak = _timed(lambda: vocoder.synthesize(mel, "student", seed=0), repeats)
             record("student", total, elapsed, peak, "parallel IAF, whole mel")
-        if vocoder.student is not None:
             frames = max(1, round(teacher_seconds * rate / hop))
             x = vocoder.synthesize(mel[..., :frames], "student", seed=0).to(vocoder.device)
             elapsed, peak = _timed(lambda: vocoder.student.log_prob(x, mel[..., :frames]), 1)
-            record("student_log_prob", frames * hop, elapsed, peak,
+            record("student_log_prob", frames * hop * batch, elapsed, peak,
                    f"first {frames * hop} samples; sequential inverse, all flows; extrapolated linearly")
         if vocoder.teacher is not None:
             frames = max(1, round(teacher_seconds * rate / hop))
             elapsed, peak = _timed(lambda: vocoder.synthesize(mel[..., :frames], "teacher", seed=0), 1)
-            record("teacher_cached", frames * hop, elapsed, peak,
+            record("teacher_cached", frames * hop * batch, elapsed, peak,
                    f"first {frames * hop} samples; RTF extrapolated linearly (per-sample cost is constant)")
             length = max(1, round(naive_seconds * rate))
             start = time.perf_counter()
             vocoder.teacher.generate_naive(mel[..., : math.ceil(length / hop)], length=length)
-            record("teacher_naive", length, time.perf_counter() - start, peak_rss_mb(),
+            record("teacher_naive", length * batch, time.perf_counter() - start, peak_rss_mb(),
                    f"first {length} samples, receptive field recomputed each step; extrapolated linearly")
         elapsed, peak = _timed(lambda: vocoder.synthesize(mel, "griffin-lim"), repeats)
         record("griffin-lim", total, elapsed, peak, "32 iterations")
     ceiling = gemm_ceiling()
     report = {"threads": torch.get_num_threads(), "device": str(vocoder.device), "audio_seconds": seconds,
+              "batch": batch,
               "gemm_gflops": ceiling, "paths": rows}
     if vocoder.student is not None:
         flops = student_flops_per_sample(vocoder)
