@@ -114,3 +114,39 @@ def test_export_command(tmp_path, tiny_checkpoint):
     assert result.returncode == 0 and (tmp_path / "s.pt").exists(), result.stderr
     onnx = wavegen("export", tmp_path / "s.onnx", "--format", "onnx", "--checkpoint", tiny_checkpoint)
     assert onnx.returncode in (0, 1) and "Traceback" not in onnx.stderr
+
+
+@pytest.mark.slow
+def test_app_command_serves_the_checkpoint(tmp_path, tiny_checkpoint, tiny):
+    """`wavegen app --checkpoint DIR` as a user starts it: the page answers and /vocode synthesises."""
+    import time
+    import urllib.request
+
+    from gradio_client import Client, handle_file
+
+    from tests.test_app import free_port
+
+    port = free_port()
+    (source,) = write_tone_corpus(tmp_path / "in", 1, tiny.audio.sample_rate)
+    server = subprocess.Popen([sys.executable, "-m", "wavegen", "app", "--checkpoint", str(tiny_checkpoint),
+                               "--port", str(port)], env={**ENV, "GRADIO_ANALYTICS_ENABLED": "False"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()
+                time.sleep(0.5)
+        client = Client(url, analytics_enabled=False, verbose=False)
+        audio_path, *_ = client.predict(handle_file(str(source)), "student", api_name="/vocode")
+        wav, rate = sf.read(audio_path)
+        assert rate == tiny.audio.sample_rate
+        assert wav.size == sf.info(source).frames // tiny.audio.hop_length * tiny.audio.hop_length
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
