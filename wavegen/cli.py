@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_vocode)
 
     p = sub.add_parser("eval", help="objective metrics of resynthesis, beside Griffin-Lim on the same mels")
-    p.add_argument("reference", help="a folder of reference audio (searched recursively) or one file")
+    p.add_argument("reference", help="reference audio: a folder (searched recursively), a text file listing "
+                                     "paths (e.g. a corpus's heldout.txt) or one file")
     p.add_argument("--model", default="student", choices=["student", "teacher", "griffin-lim"])
     p.add_argument("--checkpoint", default="default")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N files only")

@@ -19,6 +19,7 @@ import torch
 
 from wavegen.audio import AUDIO_EXTENSIONS, AudioError, load_audio, log_mel, resample
 from wavegen.config import AudioConfig
+from wavegen.data import discover
 from wavegen.losses import multi_resolution_stft_loss
 from wavegen.vocoder import Vocoder
 
@@ -68,14 +69,13 @@ def resynthesis_metrics(ref: np.ndarray, syn: np.ndarray, audio: AudioConfig) ->
     }
 
 
-def reference_files(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if folder.is_file():
-        return [folder]
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-    if not files:
-        raise AudioError(f"{folder}: no audio files to evaluate")
-    return files
+def reference_files(corpus: str | Path) -> list[Path]:
+    """The reference files: one audio file, or a corpus as `wavegen preprocess` takes it (a folder,
+    an LJSpeech folder, or a text file listing paths, such as a corpus's heldout.txt)."""
+    corpus = Path(corpus)
+    if corpus.suffix.lower() in AUDIO_EXTENSIONS:
+        return [corpus]
+    return [path for _, path in discover(corpus)]
 
 
 def evaluate(vocoder: Vocoder, files: list[Path], models: list[str], seed: int = 0,
