@@ -162,9 +162,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     vocoder = Vocoder.load(args.checkpoint, device=args.device)
     files = reference_files(args.reference)[: args.limit]
     models = list(dict.fromkeys([args.model, "griffin-lim"]))
-    report = evaluate(vocoder, files, models,
+    report = evaluate(vocoder, files, models, temperature=args.temperature,
                       on_error=lambda path, exc: print(f"error: {exc}", file=sys.stderr))
     report["files"] = len(files)
+    report["temperature"] = args.temperature
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
@@ -286,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="student", choices=["student", "teacher", "griffin-lim"])
     p.add_argument("--checkpoint", default="default")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N files only")
+    p.add_argument("--temperature", type=float, default=1.0, help="noise scale of the student and the teacher")
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_eval)

@@ -78,7 +78,7 @@ def reference_files(corpus: str | Path) -> list[Path]:
     return [path for _, path in discover(corpus)]
 
 
-def evaluate(vocoder: Vocoder, files: list[Path], models: list[str], seed: int = 0,
+def evaluate(vocoder: Vocoder, files: list[Path], models: list[str], seed: int = 0, temperature: float = 1.0,
              on_error: Callable[[Path, Exception], None] | None = None) -> dict[str, dict]:
     """Per-file and median metrics for each model on the same mels: {model: {"files": {...}, "median": {...}}}."""
     rate, hop = vocoder.audio.sample_rate, vocoder.audio.hop_length
@@ -93,7 +93,7 @@ def evaluate(vocoder: Vocoder, files: list[Path], models: list[str], seed: int =
                 on_error(path, exc)
             continue
         for model in models:
-            syn = vocoder.synthesize(mel, model, seed=seed)[0].numpy()
+            syn = vocoder.synthesize(mel, model, temperature=temperature, seed=seed)[0].numpy()
             per_model[model][path.name] = resynthesis_metrics(wav, syn, vocoder.audio)
     return {m: {"files": rows, "median": _medians(rows)} for m, rows in per_model.items()}
 
