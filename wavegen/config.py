@@ -53,14 +53,13 @@ class AudioConfig:
 
 
 @dataclass(frozen=True)
-class WaveNetConfig:
-    """A mel-conditioned causal WaveNet: the teacher, or one IAF flow of the student.
+class BodyShape:
+    """The shape of a mel-conditioned causal WaveNet body, shared by the teacher and every flow.
 
     `upsample_scales` are the strides of the mel upsampler; they must multiply to hop_length
     (checked by `Preset`). Dilations cycle 1, 2, ..., 2**(dilation_cycle - 1).
     """
 
-    layers: int = 20
     dilation_cycle: int = 10
     kernel_size: int = 3
     residual_channels: int = 64
@@ -68,16 +67,27 @@ class WaveNetConfig:
     skip_channels: int = 64
     n_mels: int = 80
     upsample_scales: tuple[int, ...] = (16, 16)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "upsample_scales", tuple(int(s) for s in self.upsample_scales))
+        _require(self.dilation_cycle > 0, "dilation_cycle must be positive")
+        _require(self.kernel_size >= 2, f"kernel_size must be >= 2, got {self.kernel_size}")
+        _require(all(s > 0 for s in self.upsample_scales), "upsample scales must be positive")
+
+
+@dataclass(frozen=True)
+class WaveNetConfig(BodyShape):
+    """A WaveNet: the teacher, or one IAF flow of the student."""
+
+    layers: int = 20
     output: str = "gaussian"  # "gaussian" or "mol" (teacher only)
     n_mixtures: int = 10
     log_scale_min: float = -9.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "upsample_scales", tuple(int(s) for s in self.upsample_scales))
-        _require(self.layers > 0 and self.dilation_cycle > 0, "layers and dilation_cycle must be positive")
-        _require(self.kernel_size >= 2, f"kernel_size must be >= 2, got {self.kernel_size}")
+        super().__post_init__()
+        _require(self.layers > 0, "layers must be positive")
         _require(self.output in ("gaussian", "mol"), f"output must be 'gaussian' or 'mol', got {self.output!r}")
-        _require(all(s > 0 for s in self.upsample_scales), "upsample scales must be positive")
 
     @property
     def dilations(self) -> tuple[int, ...]:
@@ -90,22 +100,15 @@ class WaveNetConfig:
 
 
 @dataclass(frozen=True)
-class FlowConfig:
+class FlowConfig(BodyShape):
     """The Gaussian IAF student: `n_flows` mel-conditioned WaveNets, `layers[k]` layers in flow k."""
 
     layers: tuple[int, ...] = (10, 10, 10, 10, 10, 10)
-    dilation_cycle: int = 10
-    kernel_size: int = 3
-    residual_channels: int = 64
-    gate_channels: int = 128
-    skip_channels: int = 64
-    n_mels: int = 80
-    upsample_scales: tuple[int, ...] = (16, 16)
     log_scale_min: float = -7.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
-        object.__setattr__(self, "upsample_scales", tuple(int(s) for s in self.upsample_scales))
         _require(len(self.layers) > 0 and all(n > 0 for n in self.layers), "every flow needs >= 1 layer")
 
     @property
@@ -114,12 +117,8 @@ class FlowConfig:
 
     def flow(self, k: int) -> WaveNetConfig:
         """The body configuration of flow k (its output is (mu, log_sigma))."""
-        return WaveNetConfig(
-            layers=self.layers[k], dilation_cycle=self.dilation_cycle, kernel_size=self.kernel_size,
-            residual_channels=self.residual_channels, gate_channels=self.gate_channels,
-            skip_channels=self.skip_channels, n_mels=self.n_mels, upsample_scales=self.upsample_scales,
-            output="gaussian", log_scale_min=self.log_scale_min,
-        )
+        shape = {f.name: getattr(self, f.name) for f in fields(BodyShape)}
+        return WaveNetConfig(**shape, layers=self.layers[k], output="gaussian", log_scale_min=self.log_scale_min)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from wavegen.config import FlowConfig
 from wavegen.distributions import gaussian_log_prob
-from wavegen.nn import CausalWaveNet, MelUpsampler, shift_right
+from wavegen.nn import CausalWaveNet, MelUpsampler, full_precision, shift_right
 
 
 class Student(nn.Module):
@@ -59,7 +59,7 @@ class Student(nn.Module):
         mu_tot = torch.zeros_like(z)
         log_sigma_tot = torch.zeros_like(z)
         for flow in self.flows:
-            mu, log_sigma = self._affine(flow(shift_right(x.unsqueeze(1)), cond).float())  # (B, T) each
+            mu, log_sigma = self._affine(full_precision(flow(shift_right(x.unsqueeze(1)), cond)))  # (B, T) each
             sigma = torch.exp(log_sigma)
             x = x * sigma + mu
             mu_tot = mu_tot * sigma + mu

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from wavegen.config import WaveNetConfig
 from wavegen.distributions import gaussian_log_prob, mol_log_prob, mol_sample
-from wavegen.nn import CausalWaveNet, MelUpsampler, shift_right
+from wavegen.nn import CausalWaveNet, MelUpsampler, full_precision, shift_right
 
 Progress = Callable[[int, int], None]  # (samples done, total)
 
@@ -33,7 +33,7 @@ class Teacher(nn.Module):
         """x (B, T), mel (B, n_mels, F) with T = F * hop -> head parameters (B, P, T); parameters at
         t depend on x_<t only. One parallel pass."""
         # float32 head: the density needs it under bf16 autocast (log-scales reach -9)
-        return self.body(shift_right(x.unsqueeze(1)), self.upsampler(mel)).float()
+        return full_precision(self.body(shift_right(x.unsqueeze(1)), self.upsampler(mel)))
 
     def gaussian(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 2, T) -> mu, log_sigma (B, T) each, log_sigma clamped below at cfg.log_scale_min."""

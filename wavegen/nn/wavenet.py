@@ -140,6 +140,11 @@ class MelUpsampler(nn.Module):
         return c[..., : mel.shape[-1] * self.hop]
 
 
+def full_precision(x: Tensor) -> Tensor:
+    """Half-precision (autocast) outputs to float32; float32 and float64 unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def shift_right(x: Tensor) -> Tensor:
     """(B, C, T) -> (B, C, T) delayed by one sample (zero first), so output t depends on < t."""
     return F.pad(x, (1, 0))[..., :-1]
