@@ -94,7 +94,7 @@ def evaluate(vocoder: Vocoder, files: list[Path], models: list[str], seed: int =
             continue
         for model in models:
             syn = vocoder.synthesize(mel, model, temperature=temperature, seed=seed)[0].numpy()
-            per_model[model][path.name] = resynthesis_metrics(wav, syn, vocoder.audio)
+            per_model[model][str(path)] = resynthesis_metrics(wav, syn, vocoder.audio)  # names repeat across voices
     return {m: {"files": rows, "median": _medians(rows)} for m, rows in per_model.items()}
 
 
