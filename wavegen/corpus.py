@@ -10,7 +10,6 @@ with the held-out list (`heldout.txt`) and the packages' attribution beside them
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -104,9 +103,3 @@ def _write_attribution(out: Path) -> None:
             parts.append(copyright_file.read_text(errors="replace"))
     (out / "ATTRIBUTION.txt").write_text("".join(parts))
 
-
-def copy_attribution(corpus: Path, target: Path) -> None:
-    """Carry a corpus's attribution next to something built from it (examples, a checkpoint)."""
-    source = corpus / "ATTRIBUTION.txt"
-    if source.is_file():
-        shutil.copyfile(source, target)
