@@ -6,7 +6,7 @@ import torch
 
 from wavegen import Vocoder
 from wavegen.checkpoint import CheckpointError
-from wavegen.vocoder import ModelUnavailable
+from wavegen.vocoder import CHUNK_FRAMES, ModelUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_chunked_student_equals_one_pass_for_a_fixed_z(vocoder, tiny):
     try:
         chunked = vocoder.synthesize(mel, "student", z=z)
     finally:
-        vocoder.chunk_frames = 512
+        vocoder.chunk_frames = CHUNK_FRAMES
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
 
 

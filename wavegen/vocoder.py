@@ -26,7 +26,8 @@ from wavegen.models.teacher import Progress
 MODELS = ("student", "teacher", "griffin-lim")
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 GRIFFIN_LIM_ITERATIONS = 32
-CHUNK_FRAMES = 512  # student synthesis works on chunks of this many frames (8 s at 16 kHz, hop 256)
+CHUNK_FRAMES = 32  # student chunks (0.5 s at 16 kHz): activations stay in cache. Measured RTF of the default
+# student on 5 s, 2 threads: 512 frames 0.67, 128 0.42, 64 0.31, 32 0.30, 16 0.39 (context overhead wins)
 CROSSFADE_FRAMES = 1  # half the overlap between neighbouring chunks
 UPSAMPLER_CONTEXT = 2  # mel frames the upsampler's transposed convolutions see on either side
 
