@@ -28,11 +28,16 @@ USER_ERRORS = (AudioError, MelError, CorpusError, CheckpointError, ConfigError, 
                ModelUnavailable, FileExistsError)
 
 
+def refuse_overwrite(path: Path, force: bool) -> None:
+    """The one rule for every output file: never replace an existing one without --force."""
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; pass --force to overwrite")
+
+
 def cmd_mel(args: argparse.Namespace) -> int:
     audio = load_preset(args.preset).audio
     out = Path(args.output)
-    if out.exists() and not args.force:
-        raise FileExistsError(f"{out} exists; pass --force to overwrite")
+    refuse_overwrite(out, args.force)
     mel = log_mel(load_audio(args.input, audio.sample_rate), audio).numpy().astype(np.float32)
     atomic_write(out, lambda tmp: np.save(open(tmp, "wb"), mel))
     print(f"{out}: mel {mel.shape[0]} x {mel.shape[1]} frames")
@@ -129,8 +134,7 @@ def cmd_vocode(args: argparse.Namespace) -> int:
         try:
             if target in jobs:
                 raise FileExistsError(f"{path}: same output name as {jobs[target][0]} ({target.name})")
-            if target.exists() and not args.force:
-                raise FileExistsError(f"{target} exists; pass --force to overwrite")
+            refuse_overwrite(target, args.force)
             if path.suffix.lower() in MEL_EXTENSIONS:
                 mel = load_mel_file(path, vocoder.audio)[0]
             else:
@@ -208,8 +212,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if vocoder.student is None:
         raise CheckpointError(f"{args.checkpoint}: has no student to export")
     out = Path(args.output)
-    if out.exists() and not args.force:
-        raise FileExistsError(f"{out} exists; pass --force to overwrite")
+    refuse_overwrite(out, args.force)
     print(f"wrote {export_student(vocoder.student, out, args.format)}")
     return 0
 
@@ -223,8 +226,6 @@ def cmd_app(args: argparse.Namespace) -> int:
 
 def _with_overrides(preset, section: str, args: argparse.Namespace):
     """Apply --max-steps / --batch-size to one training section of the preset."""
-    import dataclasses
-
     changes = {k: v for k, v in (("max_steps", args.max_steps), ("batch_size", args.batch_size)) if v is not None}
     if not changes:
         return preset

@@ -99,11 +99,10 @@ def evaluate(vocoder: Vocoder, files: list[Path], models: list[str], seed: int =
 
 
 def _medians(rows: dict[str, dict[str, float]]) -> dict[str, float]:
-    if not rows:
-        return {}
-    names = next(iter(rows.values())).keys()
-    return {n: statistics.median(v for r in rows.values() if not math.isnan(v := r[n])) if any(
-        not math.isnan(r[n]) for r in rows.values()) else math.nan for n in names}
+    """Median of each metric over files, ignoring NaN (a metric undefined for a file); NaN if none is defined."""
+    names = next(iter(rows.values())).keys() if rows else []
+    defined = {n: [r[n] for r in rows.values() if not math.isnan(r[n])] for n in names}
+    return {n: statistics.median(values) if values else math.nan for n, values in defined.items()}
 
 
 # ----------------------------------------------------------------------------------------- speed
@@ -179,6 +178,7 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
     wav, mel = wav.repeat(batch, 1), mel.repeat(batch, 1, 1)
     hop, rate = vocoder.audio.hop_length, vocoder.audio.sample_rate
     total = mel.shape[-1] * hop * batch
+    frames = max(1, round(teacher_seconds * rate / hop))  # the prefix the sequential paths run on
     rows: dict[str, dict] = {}
 
     def record(name: str, samples: int, elapsed: float, peak: float, note: str = "") -> None:
@@ -187,7 +187,6 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
                       "peak_rss_mb": peak, "note": note}
 
     if vocoder.teacher is not None:  # training throughput: teacher-forced forward + backward
-        frames = max(1, round(teacher_seconds * rate / hop))
         x, m = wav[:, : frames * hop].clone(), mel[..., :frames].clone()
         elapsed, peak = _timed(lambda: vocoder.teacher.log_prob(x, m).mean().backward(), repeats)
         vocoder.teacher.zero_grad(set_to_none=True)
@@ -197,14 +196,12 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
         if vocoder.student is not None:
             vocoder.synthesize(mel[..., :8], "student", seed=0)  # warm-up
             elapsed, peak = _timed(lambda: vocoder.synthesize(mel, "student", seed=0), repeats)
-            record("student", total, elapsed, peak, "parallel IAF, whole mel")
-            frames = max(1, round(teacher_seconds * rate / hop))
+            record("student", total, elapsed, peak, f"parallel IAF, chunks of {vocoder.chunk_frames} frames")
             x = vocoder.synthesize(mel[..., :frames], "student", seed=0).to(vocoder.device)
             elapsed, peak = _timed(lambda: vocoder.student.log_prob(x, mel[..., :frames]), 1)
             record("student_log_prob", frames * hop * batch, elapsed, peak,
                    f"first {frames * hop} samples; sequential inverse, all flows; extrapolated linearly")
         if vocoder.teacher is not None:
-            frames = max(1, round(teacher_seconds * rate / hop))
             elapsed, peak = _timed(lambda: vocoder.synthesize(mel[..., :frames], "teacher", seed=0), 1)
             record("teacher_cached", frames * hop * batch, elapsed, peak,
                    f"first {frames * hop} samples; RTF extrapolated linearly (per-sample cost is constant)")
