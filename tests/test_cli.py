@@ -102,11 +102,12 @@ def test_bench_reports_every_path_in_one_run(tiny_checkpoint):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report["paths"]) == {"student", "student_log_prob", "teacher_forced_train", "teacher_cached",
-                                    "teacher_naive", "griffin-lim"}
+                                    "teacher_cached_pytorch", "teacher_naive", "griffin-lim"}
     for row in report["paths"].values():
         assert row["seconds"] > 0 and row["rtf"] > 0 and row["peak_rss_mb"] > 0
     assert report["gemm_gflops"] > 0 and report["student_gflops"] > 0
     assert report["speedup_student_vs_teacher_cached"] > 1  # parallel beats sequential even when tiny
+    assert report["speedup_teacher_cached_vs_teacher_cached_pytorch"] > 1  # the compiled loop wins
 
 
 def test_export_command(tmp_path, tiny_checkpoint):

@@ -67,17 +67,43 @@ def test_teacher_parameters_at_t_depend_only_on_the_past(tiny, output):
     assert not torch.allclose(base[..., t0 + 1:], changed[..., t0 + 1:])
 
 
-@pytest.mark.parametrize("output", ["gaussian", "mol"])
-def test_cached_generation_equals_the_naive_generator(tiny, output):
+@pytest.mark.parametrize("output,compiled", [("gaussian", True), ("gaussian", False), ("mol", False)])
+def test_cached_generation_equals_the_naive_generator(tiny, output, compiled):
     teacher = randomise(Teacher(dataclasses.replace(tiny.teacher, output=output)), 0.2).eval()
     mel = torch.randn(2, tiny.audio.n_mels, 2)
-    cached = teacher.generate(mel, generator=torch.Generator().manual_seed(5))
+    cached = teacher.generate(mel, generator=torch.Generator().manual_seed(5), compiled=compiled)
     naive = teacher.generate_naive(mel, generator=torch.Generator().manual_seed(5))
     assert cached.shape == (2, 2 * tiny.audio.hop_length)
     assert (cached - naive).abs().max() <= 1e-4
     assert cached.std() > 0.01  # not a constant signal
     # and what it generated is scored by the parallel pass like any other waveform
     assert torch.isfinite(teacher.log_prob(cached, mel)).all()
+
+
+@pytest.mark.parametrize("kernel", [2, 3])
+def test_compiled_loop_equals_the_pytorch_step_in_both_modes(tiny, kernel):
+    from wavegen.nn import compiled
+
+    cfg = dataclasses.replace(tiny.teacher, kernel_size=kernel)
+    body = randomise(CausalWaveNet(cfg, in_channels=1, out_channels=2), 0.2).eval()
+    cond, values = torch.randn(2, cfg.n_mels, 300), torch.randn(2, 300)
+    assert compiled.available(body, values) and not compiled.available(body, values.double())
+    loop = compiled.CompiledLoop(body, log_scale_min=-7.0)
+    for mode in (compiled.GENERATE, compiled.INVERT):
+        state = loop.init_state(2)  # two calls share the explicit state: a block boundary at 120
+        first, second = loop.run(cond[..., :120], values[:, :120], mode, state), loop.run(
+            cond[..., 120:], values[:, 120:], mode, state)
+        out, log_sigma = torch.cat([first[0], second[0]], 1), torch.cat([first[1], second[1]], 1)
+        cache, x_prev = body.init_cache(2, values.device), torch.zeros(2, 1)
+        with torch.no_grad():
+            for t in range(300):
+                params, cache = body.step(x_prev, cond[:, :, t], cache)
+                mu, ls = params[:, 0], params[:, 1].clamp(min=-7.0)
+                torch.testing.assert_close(log_sigma[:, t], ls, atol=1e-4, rtol=0)
+                x_t = (mu + torch.exp(ls) * values[:, t]).clamp(-1, 1) if mode == compiled.GENERATE else (
+                    values[:, t] - mu) * torch.exp(-ls)
+                torch.testing.assert_close(out[:, t], x_t, atol=1e-4, rtol=1e-4)
+                x_prev = out[:, t:t + 1]  # teacher-forced on the loop's own outputs: errors cannot compound
 
 
 def test_mixture_of_logistics_is_a_normalised_discrete_distribution(tiny):
@@ -103,15 +129,19 @@ def test_student_starts_as_the_identity(tiny):
     assert torch.equal(x, z) and torch.equal(mu, torch.zeros_like(z)) and torch.equal(log_sigma, torch.zeros_like(z))
 
 
-def test_inverse_of_sample_is_z_and_the_two_views_agree(student, tiny):
+@pytest.mark.parametrize("compiled", [True, False])
+def test_inverse_of_sample_is_z_and_the_two_views_agree(student, tiny, compiled):
     mel = torch.randn(2, tiny.audio.n_mels, 3)
     z = torch.randn(2, 3 * tiny.audio.hop_length)
     with torch.no_grad():
         x, mu_tot, log_sigma_tot = student.sample(mel, z=z)
     assert log_sigma_tot.abs().mean() > 0.05 and mu_tot.abs().mean() > 0.05  # not the identity
     torch.testing.assert_close(x, z * torch.exp(log_sigma_tot) + mu_tot, atol=1e-5, rtol=0)
-    assert (student.inverse(x, mel) - z).abs().max() <= 1e-4
-    sequential = student.log_prob(x, mel)  # sample by sample, flow by flow
+    recovered, log_det = student.invert(x, mel, compiled=compiled)  # sample by sample, flow by flow
+    assert (recovered - z).abs().max() <= 1e-4
+    sequential = gaussian_log_prob(recovered, torch.zeros_like(z), torch.zeros_like(z)) - log_det
+    if compiled:  # the public log_prob is this computation
+        torch.testing.assert_close(student.log_prob(x, mel), sequential)
     parallel = gaussian_log_prob(x, mu_tot, log_sigma_tot)  # the Gaussian q(x_t | z_<t)
     torch.testing.assert_close(sequential, parallel, atol=1e-3, rtol=1e-4)
 

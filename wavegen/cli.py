@@ -71,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     preset = _with_overrides(load_preset(args.preset), "train", args)
     torch.manual_seed(preset.train.seed)  # the initial weights too are a function of the seed
-    path = fit(teacher_stage(preset), preset, preset.train, args.data, args.out, resume=args.resume,
+    path = fit(teacher_stage(preset, _initial_model(args.init, "teacher", preset)), preset, preset.train, args.data, args.out, resume=args.resume,
                device=args.device)
     print(f"teacher: {path}")
     return 0
@@ -88,7 +88,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if teacher_preset.audio != preset.audio:
         raise ConfigError(f"the teacher's mel convention {teacher_preset.audio} differs from the preset's")
     torch.manual_seed(preset.distill_train.seed)
-    path = fit(distill_stage(preset, teacher), preset, preset.distill_train, args.data, args.out,
+    path = fit(distill_stage(preset, teacher, _initial_model(args.init, "student", preset)), preset, preset.distill_train, args.data, args.out,
                resume=args.resume, device=args.device)
     print(f"student: {path}")
     return 0
@@ -224,9 +224,22 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0
 
 
+def _initial_model(path: str | None, kind: str, preset):
+    """--init: start a new run from exported weights of the same shape (a resumed run ignores it)."""
+    if path is None:
+        return None
+    from wavegen.checkpoint import import_model
+
+    model, source = import_model(Path(path), kind)
+    if getattr(source, kind) != getattr(preset, kind):
+        raise ConfigError(f"{path}: its {kind} shape differs from the preset's; --init needs the same shape")
+    return model
+
+
 def _with_overrides(preset, section: str, args: argparse.Namespace):
-    """Apply --max-steps / --batch-size to one training section of the preset."""
-    changes = {k: v for k, v in (("max_steps", args.max_steps), ("batch_size", args.batch_size)) if v is not None}
+    """Apply --max-steps / --batch-size / --lr to one training section of the preset."""
+    changes = {k: v for k, v in (("max_steps", args.max_steps), ("batch_size", args.batch_size), ("lr", args.lr))
+               if v is not None}
     if not changes:
         return preset
     return dataclasses.replace(preset, **{section: dataclasses.replace(getattr(preset, section), **changes)})
@@ -267,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
         p.add_argument("--max-steps", type=int, default=None)
         p.add_argument("--batch-size", type=int, default=None, help="per process")
+        p.add_argument("--lr", type=float, default=None, help="peak learning rate (a resumed run reshapes its "
+                       "schedule to this and --max-steps)")
+        model = "teacher" if name == "train" else "student"
+        p.add_argument("--init", default=None, help=f"start a new run from exported {model} weights (.safetensors, "
+                       "same shape)")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.set_defaults(func=func)
 

@@ -113,6 +113,10 @@ def fit(stage: Stage, preset: Preset, cfg: TrainConfig, data_root: str | Path, o
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        # the config in effect shapes the schedule: a resumed run may change lr and max_steps
+        scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["initial_lr"], group["lr"] = cfg.lr, cfg.lr * lr_lambda(cfg)(state["step"])
         step, nan_skips = state["step"], state["nan_skips"]
         torch.set_rng_state(state["rng"]["torch"])
         if runtime.device.type == "cuda" and "cuda" in state["rng"]:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from wavegen.config import FlowConfig
 from wavegen.distributions import gaussian_log_prob
 from wavegen.nn import CausalWaveNet, MelUpsampler, full_precision, shift_right
+from wavegen.nn import compiled as compiled_loop
 
 
 class Student(nn.Module):
@@ -72,27 +73,36 @@ class Student(nn.Module):
         return self.sample(mel, z, temperature, generator)
 
     @torch.no_grad()
-    def invert(self, x: Tensor, mel: Tensor) -> tuple[Tensor, Tensor]:
+    def invert(self, x: Tensor, mel: Tensor, compiled: bool = True) -> tuple[Tensor, Tensor]:
         """x (B, T) -> z (B, T) and the per-sample log|det dx/dz| = sum_k log sigma_k (B, T).
 
         Sequential: for each flow from the last, x^(k-1)_t = (x^(k)_t - mu_k,t) / sigma_k,t where
-        mu_k,t depends on the already recovered x^(k-1)_<t; one cached body step per sample.
+        mu_k,t depends on the already recovered x^(k-1)_<t; one cached body step per sample. On the
+        CPU in float32 the loop runs compiled (`wavegen.nn.compiled`); `compiled=False` forces PyTorch.
         """
         cond = self.upsampler(mel)
-        batch, _, length = cond.shape
         log_det = torch.zeros_like(x)
         for flow in reversed(self.flows):
-            cache = flow.init_cache(batch, x.device, x.dtype)
-            previous = torch.zeros_like(x)
-            prev_t = torch.zeros(batch, 1, device=x.device, dtype=x.dtype)
-            for t in range(length):
-                params, cache = flow.step(prev_t, cond[:, :, t], cache)  # (B, 2)
-                mu, log_sigma = self._affine(params)  # (B,) each
-                previous[:, t] = (x[:, t] - mu) * torch.exp(-log_sigma)
-                log_det[:, t] += log_sigma
-                prev_t = previous[:, t : t + 1]
-            x = previous
+            if compiled and compiled_loop.available(flow, x):
+                loop = compiled_loop.CompiledLoop(flow, self.cfg.log_scale_min)
+                x, log_sigma = loop.run_blocks(cond, x, compiled_loop.INVERT)
+            else:
+                x, log_sigma = self._invert_flow(flow, x, cond)
+            log_det += log_sigma
         return x, log_det
+
+    def _invert_flow(self, flow: CausalWaveNet, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """One flow's inverse with the PyTorch step: x^(k) (B, T) -> x^(k-1), log sigma_k (B, T)."""
+        batch, length = x.shape
+        cache = flow.init_cache(batch, x.device, x.dtype)
+        previous, log_sigmas = torch.zeros_like(x), torch.zeros_like(x)
+        prev_t = torch.zeros(batch, 1, device=x.device, dtype=x.dtype)
+        for t in range(length):
+            params, cache = flow.step(prev_t, cond[:, :, t], cache)  # (B, 2)
+            mu, log_sigmas[:, t] = self._affine(params)  # (B,) each
+            previous[:, t] = (x[:, t] - mu) * torch.exp(-log_sigmas[:, t])
+            prev_t = previous[:, t : t + 1]
+        return previous, log_sigmas
 
     def inverse(self, x: Tensor, mel: Tensor) -> Tensor:
         """x (B, T) -> z (B, T); sequential (see `invert`)."""

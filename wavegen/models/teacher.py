@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from wavegen.config import WaveNetConfig
 from wavegen.distributions import gaussian_log_prob, mol_log_prob, mol_sample
 from wavegen.nn import CausalWaveNet, MelUpsampler, full_precision, shift_right
+from wavegen.nn import compiled as compiled_loop
 
 Progress = Callable[[int, int], None]  # (samples done, total)
 
@@ -51,29 +52,42 @@ class Teacher(nn.Module):
         """`log_prob`: what training calls (through DistributedDataParallel)."""
         return self.log_prob(x, mel)
 
-    def sample_from(self, params: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
-        """(B, P, T) head parameters -> (B, T) samples clipped to [-1, 1]."""
+    def noise(self, batch: int, length: int, like: Tensor, generator: torch.Generator | None) -> Tensor | None:
+        """The Gaussian head's eps (B, T), drawn at once so that every generator uses the same numbers;
+        None for the mixture head (it draws per step)."""
+        if self.cfg.output == "mol":
+            return None
+        return torch.randn(batch, length, generator=generator, device=like.device, dtype=like.dtype)
+
+    def sample_from(self, params: Tensor, temperature: float, generator: torch.Generator | None,
+                    eps: Tensor | None) -> Tensor:
+        """(B, P, T) head parameters and eps (B, T) from `noise` -> (B, T) samples clipped to [-1, 1]."""
         if self.cfg.output == "mol":
             return mol_sample(params, self.cfg.log_scale_min, temperature, generator)
         mu, log_sigma = self.gaussian(params)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return (mu + temperature * torch.exp(log_sigma) * eps).clamp(-1.0, 1.0)
 
     @torch.inference_mode()
     def generate(self, mel: Tensor, temperature: float = 1.0, progress: Progress | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, compiled: bool = True) -> Tensor:
         """Sequential sampling, batched: mel (B, n_mels, F) -> x (B, F * hop).
 
-        One body step per sample with the explicit Fast-WaveNet cache: O(layers) per sample.
+        One body step per sample with the explicit Fast-WaveNet cache: O(layers) per sample. On the
+        CPU the loop runs compiled (`wavegen.nn.compiled`); `compiled=False` forces the PyTorch step.
         """
         cond = self.upsampler(mel)  # (B, n_mels, T)
         batch, _, length = cond.shape
+        eps = self.noise(batch, length, cond, generator)
+        if compiled and eps is not None and compiled_loop.available(self.body, cond):
+            loop = compiled_loop.CompiledLoop(self.body, self.cfg.log_scale_min)
+            return loop.run_blocks(cond, eps, compiled_loop.GENERATE, temperature, progress)[0]
         cache = self.body.init_cache(batch, cond.device, cond.dtype)
         x = torch.zeros(batch, length, device=cond.device, dtype=cond.dtype)
         x_prev = torch.zeros(batch, 1, device=cond.device, dtype=cond.dtype)
         for t in range(length):
             params, cache = self.body.step(x_prev, cond[:, :, t], cache)  # (B, P)
-            x_prev = self.sample_from(params.unsqueeze(-1), temperature, generator)  # (B, 1)
+            x_prev = self.sample_from(params.unsqueeze(-1), temperature, generator,
+                                      None if eps is None else eps[:, t:t + 1])  # (B, 1)
             x[:, t] = x_prev[:, 0]
             if progress is not None and (t % 2000 == 0 or t == length - 1):
                 progress(t + 1, length)
@@ -91,10 +105,11 @@ class Teacher(nn.Module):
         batch, _, total = cond.shape
         length = total if length is None else min(length, total)
         field = self.cfg.receptive_field
+        eps = self.noise(batch, total, cond, generator)
         x = torch.zeros(batch, length, device=cond.device, dtype=cond.dtype)
         for t in range(length):
             lo = max(0, t + 1 - field)
             inputs = shift_right(x[:, None, : t + 1])[..., lo:]  # (B, 1, <= R)
             params = self.body(inputs, cond[:, :, lo : t + 1])[..., -1:]  # (B, P, 1)
-            x[:, t] = self.sample_from(params, temperature, generator)[:, 0]
+            x[:, t] = self.sample_from(params, temperature, generator, None if eps is None else eps[:, t:t + 1])[:, 0]
         return x
