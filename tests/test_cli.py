@@ -98,14 +98,14 @@ def test_eval_reports_every_metric_beside_griffin_lim(tmp_path, tiny_checkpoint,
 
 def test_bench_reports_every_path_in_one_run(tiny_checkpoint):
     result = wavegen("bench", "--checkpoint", tiny_checkpoint, "--json", "--seconds", "1",
-                     "--teacher-seconds", "0.05", "--naive-seconds", "0.01")
+                     "--teacher-seconds", "0.05", "--naive-seconds", "0.01", "--precision", "bf16")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report["paths"]) == {"student", "student_log_prob", "teacher_forced_train", "teacher_cached",
-                                    "teacher_cached_pytorch", "teacher_naive", "griffin-lim"}
+    assert set(report["paths"]) == {"student", "student_fp32", "student_log_prob", "teacher_forced_train",
+                                    "teacher_cached", "teacher_cached_pytorch", "teacher_naive", "griffin-lim"}
     for row in report["paths"].values():
         assert row["seconds"] > 0 and row["rtf"] > 0 and row["peak_rss_mb"] > 0
-    assert report["gemm_gflops"] > 0 and report["student_gflops"] > 0
+    assert report["gemm_gflops_fp32"] > 0 and report["gemm_gflops_bf16"] > 0 and report["student_gflops"] > 0
     assert report["speedup_student_vs_teacher_cached"] > 1  # parallel beats sequential even when tiny
     assert report["speedup_teacher_cached_vs_teacher_cached_pytorch"] > 1  # the compiled loop wins
 

@@ -6,12 +6,12 @@ import torch
 
 from wavegen import Vocoder
 from wavegen.checkpoint import CheckpointError
-from wavegen.vocoder import CHUNK_FRAMES, ModelUnavailable
+from wavegen.vocoder import ModelUnavailable
 
 
 @pytest.fixture(scope="module")
 def vocoder(tiny_checkpoint):
-    return Vocoder.load(tiny_checkpoint, device="cpu")
+    return Vocoder.load(tiny_checkpoint, device="cpu", precision="fp32")  # the reference path: exact tests
 
 
 def test_load_by_path_gives_both_models_and_the_convention(vocoder, tiny):
@@ -59,12 +59,42 @@ def test_chunked_student_equals_one_pass_for_a_fixed_z(vocoder, tiny):
     z = torch.randn(1, frames * tiny.audio.hop_length, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         whole = vocoder.student.sample(mel, z=z)[0].clamp(-1, 1)
-    vocoder.chunk_frames = 5
+    chunk_frames, vocoder.chunk_frames = vocoder.chunk_frames, 5
     try:
         chunked = vocoder.synthesize(mel, "student", z=z)
     finally:
-        vocoder.chunk_frames = CHUNK_FRAMES
+        vocoder.chunk_frames = chunk_frames
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+
+
+def test_packed_body_matches_the_flow_it_copies(vocoder, tiny):
+    from wavegen.nn.packed import PackedBody
+
+    flow = vocoder.student.flows[-1]
+    x, cond = torch.randn(2, 1, 300), torch.randn(2, tiny.audio.n_mels, 300)
+    with torch.inference_mode():
+        reference = flow(x, cond)
+        exact = PackedBody(flow, torch.float32)  # same maths, GEMM layout: equal to float rounding
+        torch.testing.assert_close(exact(x, cond), reference, atol=1e-5, rtol=1e-5)
+        fast = PackedBody(flow, torch.bfloat16)
+        error = (fast(x, cond) - reference).norm() / reference.norm()
+        assert 0 < error < 1e-2  # bf16 operands (8-bit mantissa), float32 accumulation and gates
+        assert torch.equal(fast(x, cond), fast(x, cond))  # reused buffers leak nothing between calls
+
+
+def test_bf16_student_stays_close_to_the_fp32_reference(tiny_checkpoint, vocoder, tiny):
+    fast = Vocoder.load(tiny_checkpoint, device="cpu", precision="bf16")
+    assert fast.precision == "bf16" and fast.chunk_frames > vocoder.chunk_frames
+    frames = 37
+    mel = vocoder.mel(torch.sin(torch.arange(frames * tiny.audio.hop_length) * 0.05))
+    z = torch.randn(1, frames * tiny.audio.hop_length, generator=torch.Generator().manual_seed(0))
+    reference = vocoder.synthesize(mel, "student", z=z)
+    for chunk in (fast.chunk_frames, 5):  # whole and chunked
+        fast.chunk_frames = chunk
+        out = fast.synthesize(mel, "student", z=z)
+        assert (out - reference).norm() / reference.norm() < 2e-2
+    with pytest.raises(ValueError, match="precision must be"):
+        Vocoder.load(tiny_checkpoint, device="cpu", precision="fp8")
 
 
 def test_many_inputs_are_batched_and_cut_back(vocoder, tiny):

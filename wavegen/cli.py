@@ -126,7 +126,7 @@ def cmd_vocode(args: argparse.Namespace) -> int:
 
     inputs, missing = expand_inputs(args.inputs)
     failures = [f"{pattern}: no such file, or no audio/mel files in it" for pattern in missing]
-    vocoder = Vocoder.load(args.checkpoint, device=args.device)
+    vocoder = Vocoder.load(args.checkpoint, device=args.device, precision=args.precision)
     out = Path(args.output)
     jobs: dict[Path, tuple[Path, object]] = {}  # target -> (source, mel)
     for path in inputs:
@@ -163,7 +163,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from wavegen.evaluate import evaluate, reference_files
     from wavegen.vocoder import Vocoder
 
-    vocoder = Vocoder.load(args.checkpoint, device=args.device)
+    vocoder = Vocoder.load(args.checkpoint, device=args.device, precision=args.precision)
     files = reference_files(args.reference)[: args.limit]
     models = list(dict.fromkeys([args.model, "griffin-lim"]))
     report = evaluate(vocoder, files, models, temperature=args.temperature,
@@ -186,7 +186,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = benchmark(Vocoder.load(args.checkpoint, device=args.device), seconds=args.seconds,
+    report = benchmark(Vocoder.load(args.checkpoint, device=args.device, precision=args.precision),
+                       seconds=args.seconds,
                        teacher_seconds=args.teacher_seconds, naive_seconds=args.naive_seconds, batch=args.batch)
     if args.json:
         print(json.dumps(report, indent=1))
@@ -297,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="the student's arithmetic: bf16 GEMMs (auto on CPUs with native bf16) or the fp32 reference")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_vocode)
 
@@ -308,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N files only")
     p.add_argument("--temperature", type=float, default=1.0, help="noise scale of the student and the teacher")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="the student's arithmetic: bf16 GEMMs (auto on CPUs with native bf16) or the fp32 reference")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_eval)
 
@@ -319,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="synthesise this many copies of the mel at once")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="the student's arithmetic: bf16 GEMMs (auto on CPUs with native bf16) or the fp32 reference")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_bench)
 

@@ -108,9 +108,9 @@ def _medians(rows: dict[str, dict[str, float]]) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------- speed
 
 
-def gemm_ceiling(size: int = 2048, repeats: int = 5) -> float:
-    """fp32 GEMM GFLOP/s at the current thread count: the machine's practical ceiling."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def gemm_ceiling(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """GEMM GFLOP/s in `dtype` at the current thread count: the machine's practical ceiling."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     times = []
     for _ in range(repeats):
@@ -194,9 +194,15 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
                "log_prob forward + backward (training throughput, no optimizer step)")
     with torch.inference_mode():
         if vocoder.student is not None:
-            vocoder.synthesize(mel[..., :8], "student", seed=0)  # warm-up
-            elapsed, peak = _timed(lambda: vocoder.synthesize(mel, "student", seed=0), repeats)
-            record("student", total, elapsed, peak, f"parallel IAF, chunks of {vocoder.chunk_frames} frames")
+            vocoders = {vocoder.precision: vocoder}
+            if vocoder.precision != "fp32":  # the fp32 reference path, side by side
+                vocoders["fp32"] = Vocoder(vocoder.audio, student=vocoder.student, device=vocoder.device,
+                                           precision="fp32")
+            for precision, each in vocoders.items():
+                each.synthesize(mel[..., :8], "student", seed=0)  # warm-up
+                elapsed, peak = _timed(lambda: each.synthesize(mel, "student", seed=0), repeats)
+                name = "student" if each is vocoder else f"student_{precision}"
+                record(name, total, elapsed, peak, f"parallel IAF, {precision}, chunks of {each.chunk_frames} frames")
             x = vocoder.synthesize(mel[..., :frames], "student", seed=0).to(vocoder.device)
             vocoder.student.log_prob(x[:, :hop], mel[..., :1])  # warm-up (loads the compiled loop)
             elapsed, peak = _timed(lambda: vocoder.student.log_prob(x, mel[..., :frames]), 1)
@@ -218,17 +224,19 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
                    f"first {length} samples, receptive field recomputed each step; extrapolated linearly")
         elapsed, peak = _timed(lambda: vocoder.synthesize(mel, "griffin-lim"), repeats)
         record("griffin-lim", total, elapsed, peak, "32 iterations")
-    ceiling = gemm_ceiling()
+    ceilings = {"fp32": gemm_ceiling()}
+    if vocoder.device.type == "cpu" and vocoder.precision == "bf16":
+        ceilings["bf16"] = gemm_ceiling(dtype=torch.bfloat16)
     report = {"threads": torch.get_num_threads(), "device": str(vocoder.device), "audio_seconds": seconds,
-              "batch": batch,
-              "gemm_gflops": ceiling, "paths": rows}
+              "batch": batch, "precision": vocoder.precision,
+              "gemm_gflops": ceilings["fp32"], **{f"gemm_gflops_{k}": v for k, v in ceilings.items()}, "paths": rows}
     if vocoder.student is not None:
         flops = student_flops_per_sample(vocoder)
         achieved = flops * rows["student"]["samples_per_s"] / 1e9
         report["student_gflops"] = achieved
         report["student_mflop_per_sample"] = flops / 1e6
-        report["student_fraction_of_ceiling"] = achieved / ceiling
-        for other in ("teacher_cached", "teacher_cached_pytorch", "teacher_naive", "griffin-lim"):
+        report["student_fraction_of_ceiling"] = achieved / ceilings[vocoder.precision]  # its own arithmetic's
+        for other in ("student_fp32", "teacher_cached", "teacher_cached_pytorch", "teacher_naive", "griffin-lim"):
             if other in rows:
                 report[f"speedup_student_vs_{other}"] = rows["student"]["samples_per_s"] / rows[other]["samples_per_s"]
     for fast, slow in (("teacher_cached", "teacher_cached_pytorch"), ("teacher_cached", "teacher_naive"),

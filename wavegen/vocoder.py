@@ -22,12 +22,16 @@ from wavegen.checkpoint import CheckpointError, import_model
 from wavegen.config import AudioConfig, Preset
 from wavegen.models import Student, Teacher
 from wavegen.models.teacher import Progress
+from wavegen.nn.packed import PackedBody
 
 MODELS = ("student", "teacher", "griffin-lim")
+PRECISIONS = ("fp32", "bf16")
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 GRIFFIN_LIM_ITERATIONS = 32
-CHUNK_FRAMES = 32  # student chunks (0.5 s at 16 kHz): activations stay in cache. Measured RTF of the default
-# student on 5 s, 2 threads: 512 frames 0.67, 128 0.42, 64 0.31, 32 0.30, 16 0.39 (context overhead wins)
+# Student chunk length by precision. fp32 conv1d: short chunks keep activations in cache; measured RTF of the
+# default student on 5 s, 2 threads: 512 frames 0.67, 128 0.42, 64 0.31, 32 0.30, 16 0.39 (context overhead
+# wins). bf16 GEMMs prefer long ones: 32 frames 0.172, 64 0.141, 96 0.132, 128 0.127 (same run: fp32 at 32, 0.699).
+CHUNK_FRAMES = {"fp32": 32, "bf16": 128}
 CROSSFADE_FRAMES = 1  # half the overlap between neighbouring chunks
 UPSAMPLER_CONTEXT = 2  # mel frames the upsampler's transposed convolutions see on either side
 
@@ -40,6 +44,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"fp32" (the reference: the flows' own float32 pass) or "bf16" (the student's GEMMs in bfloat16,
+    `wavegen.nn.packed`); "auto" is bf16 on CPUs with native bf16 matrix instructions, else fp32."""
+    if precision == "auto":
+        native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return "bf16" if native else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "bf16" and device.type != "cpu":
+        raise ValueError("the bf16 student path is for the CPU; on CUDA use fp32")
+    return precision
 
 
 def resolve_checkpoint(path_or_name: str | Path) -> Path:
@@ -58,10 +75,12 @@ class Vocoder:
     """Mel -> waveform with the student (parallel), the teacher (sequential) or Griffin-Lim."""
 
     def __init__(self, audio: AudioConfig, teacher: Teacher | None = None, student: Student | None = None,
-                 device: str | torch.device = "auto", chunk_frames: int = CHUNK_FRAMES):
+                 device: str | torch.device = "auto", chunk_frames: int | None = None, precision: str = "auto"):
         self.audio = audio
-        self.chunk_frames = chunk_frames
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.chunk_frames = chunk_frames or CHUNK_FRAMES[self.precision]
+        self._student_bodies: list[PackedBody] | None = None
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         self.student = student.to(self.device).eval() if student is not None else None
         self.frontend = MelFrontend(audio)
@@ -72,7 +91,8 @@ class Vocoder:
         return cls(preset.audio, device=device)
 
     @classmethod
-    def load(cls, path_or_name: str | Path = "default", device: str | torch.device = "auto") -> Vocoder:
+    def load(cls, path_or_name: str | Path = "default", device: str | torch.device = "auto",
+             precision: str = "auto") -> Vocoder:
         """Load `teacher.safetensors` and/or `student.safetensors` from a checkpoint folder."""
         folder = resolve_checkpoint(path_or_name)
         models, audio = {}, None
@@ -85,7 +105,7 @@ class Vocoder:
                 audio = preset.audio
         if audio is None:
             raise CheckpointError(f"{folder}: holds neither teacher.safetensors nor student.safetensors")
-        return cls(audio, models.get("teacher"), models.get("student"), device=device)
+        return cls(audio, models.get("teacher"), models.get("student"), device=device, precision=precision)
 
     @property
     def available_models(self) -> list[str]:
@@ -133,8 +153,11 @@ class Vocoder:
         convolutions look one frame ahead). Neighbouring chunks are cross-faded over 2 * fade frames.
         """
         hop, frames = self.audio.hop_length, mel.shape[-1]
+        if self.precision == "bf16" and self._student_bodies is None:
+            self._student_bodies = [PackedBody(flow, torch.bfloat16) for flow in self.student.flows]
+        bodies = self._student_bodies if self.precision == "bf16" else None
         if frames <= self.chunk_frames:
-            return self.student.sample(mel, z=z)[0]
+            return self.student.sample(mel, z=z, bodies=bodies)[0]
         fade = CROSSFADE_FRAMES
         left = math.ceil(self.student.receptive_field / hop) + UPSAMPLER_CONTEXT
         out, norm = torch.zeros_like(z), torch.zeros(z.shape[-1], device=z.device)
@@ -142,7 +165,7 @@ class Vocoder:
             end = min(frames, start + self.chunk_frames)
             keep_lo, keep_hi = max(0, start - fade), min(frames, end + fade)
             lo, hi = max(0, keep_lo - left), min(frames, keep_hi + UPSAMPLER_CONTEXT)
-            x = self.student.sample(mel[..., lo:hi], z=z[:, lo * hop:hi * hop])[0]
+            x = self.student.sample(mel[..., lo:hi], z=z[:, lo * hop:hi * hop], bodies=bodies)[0]
             piece = x[:, (keep_lo - lo) * hop:(keep_hi - lo) * hop]
             weight = torch.ones(piece.shape[-1], device=z.device)
             ramp = torch.linspace(0.0, 1.0, 2 * fade * hop + 2, device=z.device)[1:-1]  # strictly inside (0, 1)

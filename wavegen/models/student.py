@@ -15,6 +15,8 @@ What costs what:
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -47,10 +49,13 @@ class Student(nn.Module):
         return mu, torch.clamp(log_sigma, min=self.cfg.log_scale_min)
 
     def sample(self, mel: Tensor, z: Tensor | None = None, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+               generator: torch.Generator | None = None,
+               bodies: Sequence[Callable[[Tensor, Tensor], Tensor]] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """mel (B, n_mels, F) -> x, mu_tot, log_sigma_tot, each (B, F * hop). K parallel passes.
 
         z (B, F * hop) defaults to temperature * N(0, I). x = z * exp(log_sigma_tot) + mu_tot exactly.
+        `bodies` replace the flows' forward passes ((B, 1, T), (B, n_mels, T) -> (B, 2, T)), e.g. the
+        bf16 inference copies of `wavegen.nn.packed`; by default the flows themselves run.
         """
         cond = self.upsampler(mel)  # (B, n_mels, T)
         if z is None:
@@ -59,8 +64,8 @@ class Student(nn.Module):
         x = z
         mu_tot = torch.zeros_like(z)
         log_sigma_tot = torch.zeros_like(z)
-        for flow in self.flows:
-            mu, log_sigma = self._affine(full_precision(flow(shift_right(x.unsqueeze(1)), cond)))  # (B, T) each
+        for body in bodies or self.flows:
+            mu, log_sigma = self._affine(full_precision(body(shift_right(x.unsqueeze(1)), cond)))  # (B, T) each
             sigma = torch.exp(log_sigma)
             x = x * sigma + mu
             mu_tot = mu_tot * sigma + mu
