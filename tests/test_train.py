@@ -32,6 +32,26 @@ def test_teacher_training_lowers_validation_nll(tiny_teacher_run):
     assert preset.name == "tiny" and not teacher.training
 
 
+def test_init_starts_a_run_from_exported_weights_and_resume_takes_the_new_lr(tiny_teacher_run, tiny_data, tmp_path):
+    out = tmp_path / "from_init"
+    weights = tiny_teacher_run / "teacher.safetensors"
+    command = [sys.executable, "-m", "wavegen", "train", "--preset", "tiny", "--data", str(tiny_data), "--out",
+               str(out), "--init", str(weights), "--max-steps", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr
+    fresh, started = read_log(tiny_teacher_run, "valid")[0], read_log(out, "valid")[0]
+    assert started["step"] == 0 and started["nll_nats"] < fresh["nll_nats"] - 1.0  # it starts trained
+    resumed = subprocess.run(command[:-4] + ["--resume", "--max-steps", "4", "--lr", "1e-5"],
+                             capture_output=True, text=True, env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    state, _ = load_latest_state(out)
+    assert state["step"] == 4 and state["optimizer"]["param_groups"][0]["initial_lr"] == 1e-5
+    missing = subprocess.run([sys.executable, "-m", "wavegen", "train", "--preset", "tiny", "--data", str(tiny_data),
+                              "--out", str(tmp_path / "bad"), "--init", str(tmp_path / "none.safetensors")],
+                             capture_output=True, text=True, env=ENV, timeout=300)
+    assert missing.returncode == 1 and missing.stderr.startswith("error:") and len(missing.stderr.splitlines()) == 1
+
+
 def test_state_loads_with_weights_only(tiny_teacher_run):
     state = load_state(state_files(tiny_teacher_run)[-1])
     assert state["step"] == 200 and {"model", "ema", "optimizer", "scheduler", "rng"} <= set(state)

@@ -71,8 +71,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     preset = _with_overrides(load_preset(args.preset), "train", args)
     torch.manual_seed(preset.train.seed)  # the initial weights too are a function of the seed
-    path = fit(teacher_stage(preset, _initial_model(args.init, "teacher", preset)), preset, preset.train, args.data, args.out, resume=args.resume,
-               device=args.device)
+    stage = teacher_stage(preset, _initial_model(args.init, "teacher", preset))
+    path = fit(stage, preset, preset.train, args.data, args.out, resume=args.resume, device=args.device)
     print(f"teacher: {path}")
     return 0
 
@@ -88,8 +88,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if teacher_preset.audio != preset.audio:
         raise ConfigError(f"the teacher's mel convention {teacher_preset.audio} differs from the preset's")
     torch.manual_seed(preset.distill_train.seed)
-    path = fit(distill_stage(preset, teacher, _initial_model(args.init, "student", preset)), preset, preset.distill_train, args.data, args.out,
-               resume=args.resume, device=args.device)
+    stage = distill_stage(preset, teacher, _initial_model(args.init, "student", preset))
+    path = fit(stage, preset, preset.distill_train, args.data, args.out, resume=args.resume, device=args.device)
     print(f"student: {path}")
     return 0
 
