@@ -50,7 +50,7 @@ def load_vocoder(checkpoint: str | Path = "default", device: str = "auto") -> tu
         return Vocoder.from_preset(load_preset(FALLBACK_PRESET), device=device), notice
 
 
-def build_demo(vocoder: Vocoder, *, max_seconds: float = 30.0, teacher_max_seconds: float = 2.0,
+def build_demo(vocoder: Vocoder, *, max_seconds: float = 30.0, teacher_max_seconds: float = 10.0,
                examples: list[str | Path] | None = None, notice: str | None = None) -> gr.Blocks:
     """The page and its queued `vocode` endpoint. `examples`: audio files (default: app/examples/*.wav)."""
     limits = Limits(max_seconds, teacher_max_seconds)

@@ -85,10 +85,13 @@ def test_vocode_with_a_missing_checkpoint_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_eval_reports_every_metric_beside_griffin_lim(tmp_path, tiny_checkpoint, tiny):
     write_tone_corpus(tmp_path / "ref", 2, tiny.audio.sample_rate, seed=5)
-    result = wavegen("eval", tmp_path / "ref", "--checkpoint", tiny_checkpoint, "--json")
+    result = wavegen("eval", tmp_path / "ref", "--checkpoint", tiny_checkpoint, "--json", "--save-audio",
+                     tmp_path / "listen")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report) >= {"student", "griffin-lim"} and report["files"] == 2
+    saved = sorted(p.name for p in (tmp_path / "listen").iterdir())
+    assert len(saved) == 4 and all("__ref__tone_" in n for n in saved), saved  # 2 files x 2 models
     for model in ("student", "griffin-lim"):
         median = report[model]["median"]
         assert set(median) == {"stft", "mel_l1", "mcd_db", "pesq_wb", "stoi", "f0_rmse_cents", "vde"}

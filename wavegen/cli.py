@@ -166,7 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     vocoder = Vocoder.load(args.checkpoint, device=args.device, precision=args.precision)
     files = reference_files(args.reference)[: args.limit]
     models = list(dict.fromkeys([args.model, "griffin-lim"]))
-    report = evaluate(vocoder, files, models, temperature=args.temperature,
+    report = evaluate(vocoder, files, models, temperature=args.temperature, save_to=args.save_audio,
                       on_error=lambda path, exc: print(f"error: {exc}", file=sys.stderr))
     report["files"] = len(files)
     report["temperature"] = args.temperature
@@ -310,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="default")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N files only")
     p.add_argument("--temperature", type=float, default=1.0, help="noise scale of the student and the teacher")
+    p.add_argument("--save-audio", type=Path, default=None, metavar="DIR",
+                   help="also write every resynthesis there (<folder>__<folder>__<stem>__<model>.wav)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="the student's arithmetic: bf16 GEMMs (auto on CPUs with native bf16) or the fp32 reference")

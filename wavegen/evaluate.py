@@ -17,7 +17,7 @@ import librosa
 import numpy as np
 import torch
 
-from wavegen.audio import AUDIO_EXTENSIONS, AudioError, load_audio, log_mel, resample
+from wavegen.audio import AUDIO_EXTENSIONS, AudioError, load_audio, log_mel, resample, save_audio
 from wavegen.config import AudioConfig
 from wavegen.data import discover
 from wavegen.losses import multi_resolution_stft_loss
@@ -78,9 +78,19 @@ def reference_files(corpus: str | Path) -> list[Path]:
     return [path for _, path in discover(corpus)]
 
 
+def listening_name(path: Path, model: str) -> str:
+    """A resynthesis's file name: the reference's last two folders and stem, and the model
+    (voice/digits/one.wav -> voice__digits__one__student.wav): unique across a corpus's voices."""
+    return "__".join(path.with_suffix("").parts[-3:] + (model,)) + ".wav"
+
+
 def evaluate(vocoder: Vocoder, files: list[Path], models: list[str], seed: int = 0, temperature: float = 1.0,
-             on_error: Callable[[Path, Exception], None] | None = None) -> dict[str, dict]:
-    """Per-file and median metrics for each model on the same mels: {model: {"files": {...}, "median": {...}}}."""
+             on_error: Callable[[Path, Exception], None] | None = None,
+             save_to: Path | None = None) -> dict[str, dict]:
+    """Per-file and median metrics for each model on the same mels: {model: {"files": {...}, "median": {...}}}.
+
+    `save_to`: also write each resynthesis there (named by `listening_name`), for listening.
+    """
     rate, hop = vocoder.audio.sample_rate, vocoder.audio.hop_length
     per_model: dict[str, dict[str, dict[str, float]]] = {m: {} for m in models}
     for path in files:
@@ -94,6 +104,8 @@ def evaluate(vocoder: Vocoder, files: list[Path], models: list[str], seed: int =
             continue
         for model in models:
             syn = vocoder.synthesize(mel, model, temperature=temperature, seed=seed)[0].numpy()
+            if save_to is not None:
+                save_audio(Path(save_to) / listening_name(path, model), syn, rate)
             per_model[model][str(path)] = resynthesis_metrics(wav, syn, vocoder.audio)  # names repeat across voices
     return {m: {"files": rows, "median": _medians(rows)} for m, rows in per_model.items()}
 
