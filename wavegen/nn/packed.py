@@ -24,9 +24,10 @@ class PackedBody:
     """A frozen copy of one body's weights in GEMM layout; call it like the body (inference only).
 
     Every intermediate lives in buffers reused across layers and calls of the same shape (fresh
-    multi-MB tensors each op cost page faults that outweighed the GEMMs), updated in place. The gate
-    uses tanh(a) = 2 sigmoid(2a) - 1 (the factor 2 is folded into the weights): one sigmoid over all
-    2G channels instead of a slow tanh.
+    multi-MB tensors each op cost page faults that outweighed the GEMMs), updated in place. Elementwise
+    passes are folded into the GEMMs where they can be: the conv bias is the weight row of a constant-1
+    column of the rows; tanh(a) = 2 sigmoid(2a) - 1, so one sigmoid covers all 2G channels, and
+    tanh(a) sigmoid(b) = 2 s_a s_b - s_b, so the output GEMM takes [s_a s_b, s_b] against [2 W; -W].
     """
 
     def __init__(self, body: CausalWaveNet, dtype: torch.dtype = torch.bfloat16):
@@ -39,14 +40,14 @@ class PackedBody:
             self.layers = []
             for block in body.blocks:
                 taps = block.conv.weight.permute(2, 1, 0).reshape(k * r, 2 * g)  # row j * R + i: tap j (oldest first)
-                w_in = torch.cat([taps, block.cond.weight[:, :, 0].T]) * tanh_half  # (k R + n_mels, 2G)
+                w_in = torch.cat([taps, block.cond.weight[:, :, 0].T, block.conv.bias[None]]) * tanh_half
                 res_w = block.residual.weight[:, :, 0] if block.residual is not None else block.skip.weight.new_zeros(
                     r, g)
                 res_b = block.residual.bias if block.residual is not None else block.skip.bias.new_zeros(r)
                 w_out = torch.cat([res_w, block.skip.weight[:, :, 0]]).T  # (G, R + S)
-                self.layers.append((w_in.to(dtype).contiguous(), (block.conv.bias * tanh_half).to(dtype),
-                                    w_out.to(dtype).contiguous(), torch.cat([res_b, block.skip.bias]).float(),
-                                    block.residual is not None))
+                w_out = torch.cat([2.0 * w_out, -w_out])  # (2G, R + S) against [s_a s_b, s_b]
+                self.layers.append((w_in.to(dtype).contiguous(), w_out.to(dtype).contiguous(),
+                                    torch.cat([res_b, block.skip.bias]).float(), block.residual is not None))
             self.input_w, self.input_b = body.input.weight[:, 0, 0].float().clone(), body.input.bias.float().clone()
             self.head = [(conv.weight[:, :, 0].T.float().contiguous(), conv.bias.float().clone())
                          for conv in (body.head[1], body.head[3])]
@@ -57,9 +58,11 @@ class PackedBody:
         if key not in self._buffers:
             self._buffers.clear()  # one shape at a time (the vocoder's chunks share one length)
             k, r = self.kernel_size, self.residual
-            gates, outs = self.layers[0][0].shape[1], self.layers[0][2].shape[1]
+            gates, outs = self.layers[0][0].shape[1], self.layers[0][1].shape[1]
+            rows = torch.empty(batch, length, k * r + n_mels + 1, dtype=self.dtype)
+            rows[..., -1] = 1.0  # the bias column
             self._buffers[key] = {
-                "rows": torch.empty(batch, length, k * r + n_mels, dtype=self.dtype),
+                "rows": rows,
                 "padded": torch.zeros(batch, self.margin + length, r, dtype=self.dtype),
                 "pre": torch.empty(batch, length, gates, dtype=self.dtype),
                 "out": torch.empty(batch, length, outs, dtype=self.dtype),
@@ -73,19 +76,18 @@ class PackedBody:
         (batch, n_mels, length), k, r = cond.shape, self.kernel_size, self.residual
         space = self._workspace(batch, length, n_mels)
         rows, padded, pre, out, out32 = (space[n] for n in ("rows", "padded", "pre", "out", "out32"))
-        rows[..., k * r:].copy_(cond.transpose(1, 2))  # the conditioning columns, shared by every layer
+        rows[..., k * r:-1].copy_(cond.transpose(1, 2))  # the conditioning columns, shared by every layer
         h = x.transpose(1, 2).float() * self.input_w + self.input_b  # (B, T, R) float32 residual stream
         skips = torch.zeros(batch, length, out.shape[-1] - r)
-        for (w_in, b_in, w_out, b_out, has_residual), d in zip(self.layers, self.dilations):
+        for (w_in, w_out, b_out, has_residual), d in zip(self.layers, self.dilations):
             padded[:, self.margin:].copy_(h)
             for j in range(k):  # tap j sees x_(t - (k - 1 - j) d)
                 lo = self.margin - (k - 1 - j) * d
                 rows[..., j * r:(j + 1) * r].copy_(padded[:, lo:lo + length])
-            torch.matmul(rows, w_in, out=pre)
-            pre.add_(b_in).sigmoid_()
-            a, b = pre.chunk(2, dim=-1)
-            z = a.mul_(2.0).sub_(1.0).mul_(b)  # tanh * sigmoid, (B, T, G)
-            torch.matmul(z, w_out, out=out)
+            torch.matmul(rows, w_in, out=pre).sigmoid_()
+            s_a, s_b = pre.chunk(2, dim=-1)
+            s_a.mul_(s_b)
+            torch.matmul(pre, w_out, out=out)
             out32.copy_(out).add_(b_out)
             if has_residual:
                 h.add_(out32[..., :r]).mul_(math.sqrt(0.5))
