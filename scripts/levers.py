@@ -1,0 +1,74 @@
+"""Each speed lever of the default student and teacher measured in one run (issue 9's report).
+
+    python scripts/levers.py [--checkpoint default] [--seconds 5]
+
+Student: real-time factor on the same mel and noise for the float32 reference (conv1d) and the packed
+GEMM pass in float32 and bfloat16 at several chunk lengths, at 1 and 2 threads. Teacher: samples/s of
+the PyTorch step and of the compiled loop. Medians of 3 runs (the sequential paths: one run each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from wavegen.evaluate import speech_like
+from wavegen.nn.packed import PackedBody
+from wavegen.vocoder import Vocoder
+
+
+def median_seconds(run, repeats: int = 3) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="default")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--teacher-seconds", type=float, default=1.0)
+    args = parser.parse_args()
+    vocoder = Vocoder.load(args.checkpoint, device="cpu", precision="fp32")
+    _, mel = speech_like(vocoder, args.seconds)
+    z = torch.randn(1, mel.shape[-1] * vocoder.audio.hop_length, generator=torch.Generator().manual_seed(0))
+    rows = {}
+    bodies = {dtype: [PackedBody(f, dtype) for f in vocoder.student.flows] for dtype in (torch.float32, torch.bfloat16)}
+    reference = None
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        for name, packed, chunks in (("fp32 conv1d (reference)", None, (32, 128)),
+                                     ("fp32 packed GEMMs", torch.float32, (32, 128)),
+                                     ("bf16 packed GEMMs", torch.bfloat16, (32, 64, 128))):
+            # the vocoder runs whichever bodies it holds when its precision is not fp32
+            vocoder._student_bodies = bodies[packed] if packed is not None else None
+            vocoder.precision = "fp32" if packed is None else "bf16"
+            for chunk in chunks:
+                vocoder.chunk_frames = chunk
+                with torch.inference_mode():
+                    seconds = median_seconds(lambda: vocoder.synthesize(mel, "student", z=z))
+                    out = vocoder.synthesize(mel, "student", z=z)
+                reference = out if reference is None else reference
+                error = float((out - reference).norm() / reference.norm())
+                rows[f"student {name}, chunk {chunk}, {threads} thread(s)"] = {
+                    "rtf": seconds / args.seconds, "relative_error_vs_reference": error}
+                print(f"{list(rows)[-1]}: RTF {seconds / args.seconds:.4f} (waveform error {error:.1e})", flush=True)
+    torch.set_num_threads(2)
+    frames = round(args.teacher_seconds * vocoder.audio.sample_rate / vocoder.audio.hop_length)
+    for name, compiled, length in (("PyTorch step", False, max(1, frames // 8)), ("compiled loop", True, frames)):
+        seconds = median_seconds(lambda: vocoder.teacher.generate(mel[..., :length], compiled=compiled), 1)
+        rows[f"teacher {name}"] = {"samples_per_s": length * vocoder.audio.hop_length / seconds}
+        print(f"teacher {name}: {rows[f'teacher {name}']['samples_per_s']:,.0f} samples/s", flush=True)
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
