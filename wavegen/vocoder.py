@@ -28,10 +28,10 @@ MODELS = ("student", "teacher", "griffin-lim")
 PRECISIONS = ("fp32", "bf16")
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 GRIFFIN_LIM_ITERATIONS = 32
-# Student chunk length by precision. fp32 conv1d: short chunks keep activations in cache; measured RTF of the
-# default student on 5 s, 2 threads: 512 frames 0.67, 128 0.42, 64 0.31, 32 0.30, 16 0.39 (context overhead
-# wins). bf16 GEMMs prefer long ones: 32 frames 0.172, 64 0.141, 96 0.132, 128 0.127 (same run: fp32 at 32, 0.699).
-CHUNK_FRAMES = {"fp32": 32, "bf16": 128}
+# Student chunk length. On the CPU the student runs as packed GEMMs (`wavegen.nn.packed`), which prefer long
+# chunks; measured RTF of the default student on 5 s, 2 threads, one run (scripts/levers.py): bf16 32 frames
+# 0.107, 64 0.089, 128 0.089; fp32 packed 32 0.300, 128 0.252; the fp32 conv1d flows 32 0.633, 128 0.497.
+CHUNK_FRAMES = 128
 CROSSFADE_FRAMES = 1  # half the overlap between neighbouring chunks
 UPSAMPLER_CONTEXT = 2  # mel frames the upsampler's transposed convolutions see on either side
 
@@ -47,8 +47,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """"fp32" (the reference: the flows' own float32 pass) or "bf16" (the student's GEMMs in bfloat16,
-    `wavegen.nn.packed`); "auto" is bf16 on CPUs with native bf16 matrix instructions, else fp32."""
+    """The student's arithmetic: "fp32" (equal to the flows' own pass to float rounding) or "bf16" (its
+    GEMM operands in bfloat16, `wavegen.nn.packed`); "auto" is bf16 on CPUs with native bf16 matrix
+    instructions, else fp32."""
     if precision == "auto":
         native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
         return "bf16" if native else "fp32"
@@ -79,7 +80,7 @@ class Vocoder:
         self.audio = audio
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.chunk_frames = chunk_frames or CHUNK_FRAMES[self.precision]
+        self.chunk_frames = chunk_frames or CHUNK_FRAMES
         self._student_bodies: list[PackedBody] | None = None
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         self.student = student.to(self.device).eval() if student is not None else None
@@ -153,9 +154,10 @@ class Vocoder:
         convolutions look one frame ahead). Neighbouring chunks are cross-faded over 2 * fade frames.
         """
         hop, frames = self.audio.hop_length, mel.shape[-1]
-        if self.precision == "bf16" and self._student_bodies is None:
-            self._student_bodies = [PackedBody(flow, torch.bfloat16) for flow in self.student.flows]
-        bodies = self._student_bodies if self.precision == "bf16" else None
+        if self.device.type == "cpu" and self._student_bodies is None:  # GEMM layout; same maths as the flows
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+            self._student_bodies = [PackedBody(flow, dtype) for flow in self.student.flows]
+        bodies = self._student_bodies
         if frames <= self.chunk_frames:
             return self.student.sample(mel, z=z, bodies=bodies)[0]
         fade = CROSSFADE_FRAMES
