@@ -1,7 +1,7 @@
 """Mel images of held-out files beside their resyntheses, for the model card's listening check.
 
-    wavegen eval checkpoints/default/heldout_short.txt --model teacher --save-audio runs/listen
-    wavegen eval checkpoints/default/heldout_short.txt --model student --save-audio runs/listen
+    wavegen eval corpora/asterisk/heldout.txt --model teacher --save-audio runs/listen
+    wavegen eval corpora/asterisk/heldout.txt --model student --save-audio runs/listen
     python scripts/listening_sheet.py runs/listen checkpoints/default/listening-mels.png REF.wav ...
 
 One row per reference file (original | student | teacher | Griffin-Lim, one colour scale per row), and
