@@ -11,24 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
-from wavegen.evaluate import speech_like
+from wavegen.evaluate import speech_like, timed
 from wavegen.nn.packed import PackedBody
 from wavegen.vocoder import Vocoder
 
 
 def median_seconds(run, repeats: int = 3) -> float:
     run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timed(run, repeats)[0]
 
 
 def main() -> None:
@@ -41,16 +34,14 @@ def main() -> None:
     _, mel = speech_like(vocoder, args.seconds)
     z = torch.randn(1, mel.shape[-1] * vocoder.audio.hop_length, generator=torch.Generator().manual_seed(0))
     rows = {}
-    bodies = {dtype: [PackedBody(f, dtype) for f in vocoder.student.flows] for dtype in (torch.float32, torch.bfloat16)}
+    variants = (("fp32 conv1d (reference)", list(vocoder.student.flows), (32, 128)),
+                ("fp32 packed GEMMs", [PackedBody(f, torch.float32) for f in vocoder.student.flows], (32, 128)),
+                ("bf16 packed GEMMs", [PackedBody(f, torch.bfloat16) for f in vocoder.student.flows], (32, 64, 128)))
     reference = None
     for threads in (2, 1):
         torch.set_num_threads(threads)
-        for name, packed, chunks in (("fp32 conv1d (reference)", None, (32, 128)),
-                                     ("fp32 packed GEMMs", torch.float32, (32, 128)),
-                                     ("bf16 packed GEMMs", torch.bfloat16, (32, 64, 128))):
-            # the vocoder runs whichever bodies it holds when its precision is not fp32
-            vocoder._student_bodies = bodies[packed] if packed is not None else None
-            vocoder.precision = "fp32" if packed is None else "bf16"
+        for name, bodies, chunks in variants:
+            vocoder._student_bodies = bodies  # the bodies the vocoder's chunked synthesis runs (measurement only)
             for chunk in chunks:
                 vocoder.chunk_frames = chunk
                 with torch.inference_mode():

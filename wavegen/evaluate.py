@@ -171,7 +171,7 @@ def speech_like(vocoder: Vocoder, seconds: float, seed: int = 0) -> tuple[torch.
     return torch.from_numpy(wav)[None].to(vocoder.device), vocoder.mel(wav)
 
 
-def _timed(run: Callable[[], object], repeats: int) -> tuple[float, float]:
+def timed(run: Callable[[], object], repeats: int) -> tuple[float, float]:
     """(median seconds, peak RSS MB during the runs)."""
     reset_peak_rss()
     times = []
@@ -200,7 +200,7 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
 
     if vocoder.teacher is not None:  # training throughput: teacher-forced forward + backward
         x, m = wav[:, : frames * hop].clone(), mel[..., :frames].clone()
-        elapsed, peak = _timed(lambda: vocoder.teacher.log_prob(x, m).mean().backward(), repeats)
+        elapsed, peak = timed(lambda: vocoder.teacher.log_prob(x, m).mean().backward(), repeats)
         vocoder.teacher.zero_grad(set_to_none=True)
         record("teacher_forced_train", frames * hop * batch, elapsed, peak,
                "log_prob forward + backward (training throughput, no optimizer step)")
@@ -212,21 +212,21 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
                                            precision="fp32")
             for precision, each in vocoders.items():
                 each.synthesize(mel[..., :8], "student", seed=0)  # warm-up
-                elapsed, peak = _timed(lambda: each.synthesize(mel, "student", seed=0), repeats)
+                elapsed, peak = timed(lambda: each.synthesize(mel, "student", seed=0), repeats)
                 name = "student" if each is vocoder else f"student_{precision}"
                 record(name, total, elapsed, peak, f"parallel IAF, {precision}, chunks of {each.chunk_frames} frames")
             x = vocoder.synthesize(mel[..., :frames], "student", seed=0).to(vocoder.device)
             vocoder.student.log_prob(x[:, :hop], mel[..., :1])  # warm-up (loads the compiled loop)
-            elapsed, peak = _timed(lambda: vocoder.student.log_prob(x, mel[..., :frames]), 1)
+            elapsed, peak = timed(lambda: vocoder.student.log_prob(x, mel[..., :frames]), 1)
             record("student_log_prob", frames * hop * batch, elapsed, peak,
                    f"first {frames * hop} samples; sequential inverse, all flows; extrapolated linearly")
         if vocoder.teacher is not None:
             vocoder.teacher.generate(mel[..., :1])  # warm-up (loads the compiled loop)
-            elapsed, peak = _timed(lambda: vocoder.synthesize(mel[..., :frames], "teacher", seed=0), 1)
+            elapsed, peak = timed(lambda: vocoder.synthesize(mel[..., :frames], "teacher", seed=0), 1)
             record("teacher_cached", frames * hop * batch, elapsed, peak,
                    f"first {frames * hop} samples, the compiled loop on the CPU; RTF extrapolated linearly")
             reference = max(1, frames // 8)  # the PyTorch step is slow: a shorter prefix
-            elapsed, peak = _timed(lambda: vocoder.teacher.generate(mel[..., :reference], compiled=False), 1)
+            elapsed, peak = timed(lambda: vocoder.teacher.generate(mel[..., :reference], compiled=False), 1)
             record("teacher_cached_pytorch", reference * hop * batch, elapsed, peak,
                    f"first {reference * hop} samples, the PyTorch step (the compiled loop's reference)")
             length = max(1, round(naive_seconds * rate))
@@ -234,7 +234,7 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
             vocoder.teacher.generate_naive(mel[..., : math.ceil(length / hop)], length=length)
             record("teacher_naive", length * batch, time.perf_counter() - start, peak_rss_mb(),
                    f"first {length} samples, receptive field recomputed each step; extrapolated linearly")
-        elapsed, peak = _timed(lambda: vocoder.synthesize(mel, "griffin-lim"), repeats)
+        elapsed, peak = timed(lambda: vocoder.synthesize(mel, "griffin-lim"), repeats)
         record("griffin-lim", total, elapsed, peak, "32 iterations")
     ceilings = {"fp32": gemm_ceiling()}
     if vocoder.device.type == "cpu" and vocoder.precision == "bf16":

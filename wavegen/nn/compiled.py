@@ -57,33 +57,23 @@ class CompiledLoop:
     """One body's weights packed as float32 arrays for the compiled per-sample loop."""
 
     def __init__(self, body: CausalWaveNet, log_scale_min: float):
-        cfg = body.cfg
-        blocks = body.blocks
-        r, g, s = cfg.residual_channels, cfg.gate_channels, cfg.skip_channels
-        k = cfg.kernel_size
+        cfg, k = body.cfg, body.cfg.kernel_size
 
         def array(t: Tensor) -> np.ndarray:
             return np.ascontiguousarray(t.detach().float().cpu().numpy())
 
-        # conv weight (2G, R, k) -> (k * R, 2G): row j * R + i multiplies tap j (oldest first), channel i
-        self.conv_w = np.stack([array(b.conv.weight.permute(2, 1, 0).reshape(k * r, 2 * g)) for b in blocks])
-        self.conv_b = np.stack([array(b.conv.bias) for b in blocks])
-        out_w, out_b = [], []
-        for b in blocks:  # residual (zeros for the last block, which has none) and skip side by side
-            res_w = b.residual.weight[:, :, 0] if b.residual is not None else torch.zeros(r, g)
-            res_b = b.residual.bias if b.residual is not None else torch.zeros(r)
-            out_w.append(array(torch.cat([res_w, b.skip.weight[:, :, 0]]).T))  # (G, R + S)
-            out_b.append(array(torch.cat([res_b, b.skip.bias])))
-        self.out_w, self.out_b = np.stack(out_w), np.stack(out_b)
-        self.cond_w = torch.cat([b.cond.weight[:, :, 0] for b in blocks]).detach().float()  # (L * 2G, n_mels)
+        taps, cond, conv_b, out_w, out_b = zip(*(block.gemm_weights() for block in body.blocks))
+        self.conv_w, self.conv_b = np.stack([array(t) for t in taps]), np.stack([array(b) for b in conv_b])
+        self.out_w, self.out_b = np.stack([array(w) for w in out_w]), np.stack([array(b) for b in out_b])
+        self.cond_w = torch.cat([c.T for c in cond])  # (L * 2G, n_mels)
         self.in_w, self.in_b = array(body.input.weight[:, 0, 0]), array(body.input.bias)
-        self.h1_w, self.h1_b = array(body.head[1].weight[:, :, 0].T), array(body.head[1].bias)
-        self.h2_w, self.h2_b = array(body.head[3].weight[:, :, 0].T), array(body.head[3].bias)
+        (h1_w, h1_b), (h2_w, h2_b) = body.head_weights()
+        self.h1_w, self.h1_b, self.h2_w, self.h2_b = array(h1_w), array(h1_b), array(h2_w), array(h2_b)
         self.dilations = np.array(cfg.dilations, dtype=np.int64)
         contexts = (k - 1) * self.dilations
         self.offsets = np.concatenate([[0], np.cumsum(contexts)[:-1]]).astype(np.int64)
         self.slots = int(contexts.sum())
-        self.kernel_size, self.residual, self.skip = k, r, s
+        self.kernel_size, self.residual = k, cfg.residual_channels
         self.log_scale_min = float(log_scale_min)
 
     def init_state(self, batch: int) -> LoopState:

@@ -32,25 +32,20 @@ class PackedBody:
 
     def __init__(self, body: CausalWaveNet, dtype: torch.dtype = torch.bfloat16):
         cfg = body.cfg
-        k, r, g = cfg.kernel_size, cfg.residual_channels, cfg.gate_channels
-        self.dtype, self.dilations, self.kernel_size, self.residual = dtype, cfg.dilations, k, r
+        k, g = cfg.kernel_size, cfg.gate_channels
+        self.dtype, self.dilations, self.kernel_size, self.residual = dtype, cfg.dilations, k, cfg.residual_channels
         self.margin = (k - 1) * max(cfg.dilations)  # zero rows before t = 0: the causal left padding
         tanh_half = torch.cat([torch.full((g,), 2.0), torch.ones(g)])  # tanh(a) = 2 sigmoid(2a) - 1
-        with torch.no_grad():
-            self.layers = []
-            for block in body.blocks:
-                taps = block.conv.weight.permute(2, 1, 0).reshape(k * r, 2 * g)  # row j * R + i: tap j (oldest first)
-                w_in = torch.cat([taps, block.cond.weight[:, :, 0].T, block.conv.bias[None]]) * tanh_half
-                res_w = block.residual.weight[:, :, 0] if block.residual is not None else block.skip.weight.new_zeros(
-                    r, g)
-                res_b = block.residual.bias if block.residual is not None else block.skip.bias.new_zeros(r)
-                w_out = torch.cat([res_w, block.skip.weight[:, :, 0]]).T  # (G, R + S)
-                w_out = torch.cat([2.0 * w_out, -w_out])  # (2G, R + S) against [s_a s_b, s_b]
-                self.layers.append((w_in.to(dtype).contiguous(), w_out.to(dtype).contiguous(),
-                                    torch.cat([res_b, block.skip.bias]).float(), block.residual is not None))
-            self.input_w, self.input_b = body.input.weight[:, 0, 0].float().clone(), body.input.bias.float().clone()
-            self.head = [(conv.weight[:, :, 0].T.float().contiguous(), conv.bias.float().clone())
-                         for conv in (body.head[1], body.head[3])]
+        self.layers = []
+        for block in body.blocks:
+            taps, cond, conv_b, out_w, out_b = block.gemm_weights()
+            w_in = torch.cat([taps, cond, conv_b[None]]) * tanh_half  # (k R + n_mels + 1, 2G): bias row last
+            w_out = torch.cat([2.0 * out_w, -out_w])  # (2G, R + S) against [s_a s_b, s_b]
+            self.layers.append((w_in.to(dtype).contiguous(), w_out.to(dtype).contiguous(), out_b,
+                                block.residual is not None))
+        self.input_w = body.input.weight[:, 0, 0].detach().float().clone()
+        self.input_b = body.input.bias.detach().float().clone()
+        self.head = [(w.contiguous(), b) for w, b in body.head_weights()]
         self._buffers: dict[tuple[int, int, int], dict[str, Tensor]] = {}
 
     def _workspace(self, batch: int, length: int, n_mels: int) -> dict[str, Tensor]:

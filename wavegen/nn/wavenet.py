@@ -72,6 +72,21 @@ class ResidualBlock(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         return self._gate(x, self.conv(x), c)
 
+    def gemm_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The block as float32 matrices for time-major inference (rows are time steps):
+        taps (k R, 2G) with row j R + i for tap j (oldest first) and channel i, cond (n_mels, 2G),
+        conv bias (2G,), residual and skip 1x1s side by side (G, R + S) with their bias (R + S,);
+        the last block's residual part is zeros (it has none)."""
+        conv = _constant(self.conv.weight)  # (2G, R, k)
+        taps = conv.permute(2, 1, 0).reshape(-1, conv.shape[0])
+        skip_w, skip_b = _constant(self.skip.weight[:, :, 0]), _constant(self.skip.bias)
+        residual = conv.shape[1]
+        res_w = _constant(self.residual.weight[:, :, 0]) if self.residual is not None else skip_w.new_zeros(
+            residual, skip_w.shape[1])
+        res_b = _constant(self.residual.bias) if self.residual is not None else skip_b.new_zeros(residual)
+        return (taps, _constant(self.cond.weight[:, :, 0]).T, _constant(self.conv.bias),
+                torch.cat([res_w, skip_w]).T, torch.cat([res_b, skip_b]))
+
     def step(self, x_t: Tensor, c_t: Tensor, queue: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x_t (B, R), c_t (B, n_mels) -> residual out (B, R), skip (B, S), queue."""
         h_t, queue = self.conv.step(x_t, queue)
@@ -103,6 +118,10 @@ class CausalWaveNet(nn.Module):
             h, s = block(h, c)
             skips = skips + s
         return self.head(skips * math.sqrt(1.0 / len(self.blocks)))
+
+    def head_weights(self) -> list[tuple[Tensor, Tensor]]:
+        """The head's two 1x1 convolutions as float32 (in, out) matrices and biases (time-major)."""
+        return [(_constant(conv.weight[:, :, 0]).T, _constant(conv.bias)) for conv in (self.head[1], self.head[3])]
 
     def init_cache(self, batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Cache:
         return [block.conv.empty_queue(batch, device, dtype) for block in self.blocks]
@@ -138,6 +157,11 @@ class MelUpsampler(nn.Module):
     def forward(self, mel: Tensor) -> Tensor:
         c = self.net(mel)
         return c[..., : mel.shape[-1] * self.hop]
+
+
+def _constant(weight: Tensor) -> Tensor:
+    """A float32 copy of a weight, outside autograd, for the inference packings."""
+    return weight.detach().float().clone()
 
 
 def full_precision(x: Tensor) -> Tensor:
