@@ -106,6 +106,42 @@ def test_compiled_loop_equals_the_pytorch_step_in_both_modes(tiny, kernel):
                 x_prev = out[:, t:t + 1]  # teacher-forced on the loop's own outputs: errors cannot compound
 
 
+def test_pipelined_stack_equals_one_stage_and_the_pytorch_flows(tiny, monkeypatch):
+    from wavegen.nn import compiled
+
+    bodies = [randomise(CausalWaveNet(dataclasses.replace(tiny.teacher, layers=n), 1, 2), 0.2, seed=n).eval()
+              for n in (2, 3, 4)]  # unequal depths: the stages are cut by layers
+    layer_values = 9 * 2 * tiny.teacher.gate_channels
+    monkeypatch.setattr(compiled, "SPAN_VALUES", 2 * 17 * layer_values)  # spans of 17 samples: many ticks
+    cond, values = torch.randn(2, tiny.teacher.n_mels, 200), torch.randn(2, 200)
+    results = {}
+    for threads, batch in ((1, 1), (2, 1), (3, 1), (2, 2), (4, 2)):
+        loop = compiled.CompiledLoop(bodies, log_scale_min=-7.0, threads=threads)
+        assert len(loop.stages(batch)) - 1 == min(3, threads // batch)
+        state = loop.init_state(batch)  # two calls share the state: a boundary inside a span
+        first, second = (loop.run(cond[:batch, :, part], values[:batch, part], compiled.INVERT, state)
+                         for part in (slice(0, 90), slice(90, None)))
+        results[threads, batch] = torch.cat([first[0], second[0]], 1), torch.cat([first[1], second[1]], 1)
+    for pipelined, single in (((2, 1), (1, 1)), ((3, 1), (1, 1)), ((4, 2), (2, 2))):
+        # the same float32 arithmetic per body, whichever core runs it; log sigma is summed per stage
+        torch.testing.assert_close(results[pipelined][0], results[single][0], atol=0, rtol=0)
+        torch.testing.assert_close(results[pipelined][1], results[single][1], atol=1e-6, rtol=0)
+    x, log_det = values[:1], torch.zeros(1, 200)  # the reference: PyTorch steps, body after body
+    with torch.no_grad():
+        for body in bodies:
+            cache, previous, recovered = body.init_cache(1, x.device), torch.zeros(1, 1), torch.zeros_like(x)
+            for t in range(200):
+                params, cache = body.step(previous, cond[:1, :, t], cache)
+                mu, ls = params[:, 0], params[:, 1].clamp(min=-7.0)
+                recovered[:, t] = (x[:, t] - mu) * torch.exp(-ls)
+                log_det[:, t] += ls
+                previous = recovered[:, t:t + 1]
+            x = recovered
+    torch.testing.assert_close(results[1, 1][0], x, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(results[1, 1][1], log_det, atol=1e-4, rtol=0)
+    torch.testing.assert_close(results[2, 2][0][:1], x, atol=1e-4, rtol=1e-4)  # other spans, same result
+
+
 def test_mixture_of_logistics_is_a_normalised_discrete_distribution(tiny):
     from wavegen.distributions import mol_log_prob
 

@@ -83,16 +83,16 @@ class Student(nn.Module):
 
         Sequential: for each flow from the last, x^(k-1)_t = (x^(k)_t - mu_k,t) / sigma_k,t where
         mu_k,t depends on the already recovered x^(k-1)_<t; one cached body step per sample. On the
-        CPU in float32 the loop runs compiled (`wavegen.nn.compiled`); `compiled=False` forces PyTorch.
+        CPU in float32 one compiled loop runs every flow (`wavegen.nn.compiled`), its stages pipelined
+        over the cores; `compiled=False` forces PyTorch, flow after flow.
         """
         cond = self.upsampler(mel)
+        if compiled and compiled_loop.available(self.flows, x):  # all flows in one loop, pipelined over cores
+            loop = compiled_loop.CompiledLoop(list(reversed(self.flows)), self.cfg.log_scale_min)
+            return loop.run_blocks(cond, x, compiled_loop.INVERT)
         log_det = torch.zeros_like(x)
         for flow in reversed(self.flows):
-            if compiled and compiled_loop.available(flow, x):
-                loop = compiled_loop.CompiledLoop(flow, self.cfg.log_scale_min)
-                x, log_sigma = loop.run_blocks(cond, x, compiled_loop.INVERT)
-            else:
-                x, log_sigma = self._invert_flow(flow, x, cond)
+            x, log_sigma = self._invert_flow(flow, x, cond)
             log_det += log_sigma
         return x, log_det
 
