@@ -15,7 +15,7 @@ import json
 import torch
 
 from wavegen.evaluate import speech_like, timed
-from wavegen.nn.packed import PackedBody
+from wavegen.nn.packed import pack
 from wavegen.vocoder import Vocoder
 
 
@@ -35,8 +35,8 @@ def main() -> None:
     z = torch.randn(1, mel.shape[-1] * vocoder.audio.hop_length, generator=torch.Generator().manual_seed(0))
     rows = {}
     variants = (("fp32 conv1d (reference)", list(vocoder.student.flows), (32, 128)),
-                ("fp32 packed GEMMs", [PackedBody(f, torch.float32) for f in vocoder.student.flows], (32, 128)),
-                ("bf16 packed GEMMs", [PackedBody(f, torch.bfloat16) for f in vocoder.student.flows], (32, 64, 128)))
+                ("fp32 packed GEMMs", pack(vocoder.student.flows, torch.float32), (32, 128)),
+                ("bf16 packed GEMMs", pack(vocoder.student.flows, torch.bfloat16), (32, 64, 128)))
     reference = None
     for threads in (2, 1):
         torch.set_num_threads(threads)

@@ -82,6 +82,22 @@ def test_packed_body_matches_the_flow_it_copies(vocoder, tiny):
         assert torch.equal(fast(x, cond), fast(x, cond))  # reused buffers leak nothing between calls
 
 
+def test_packed_flows_share_one_workspace_without_leaks(vocoder, tiny):
+    from wavegen.nn.packed import PackedBody, pack
+
+    flows = vocoder.student.flows
+    shared = pack(flows, torch.bfloat16)
+    assert all(body.workspace is shared[0].workspace for body in shared)
+    with torch.inference_mode():
+        for length in (300, 120, 300):  # shrinking and growing chunks reuse one allocation
+            x, cond = torch.randn(2, 1, length), torch.randn(2, tiny.audio.n_mels, length)
+            for flow, body in zip(flows, shared):
+                torch.testing.assert_close(body(x, cond), PackedBody(flow, torch.bfloat16)(x, cond), atol=0, rtol=0)
+            other = torch.randn_like(cond)  # a new conditioning tensor is copied in, not the cached one
+            torch.testing.assert_close(shared[0](x, other), PackedBody(flows[0], torch.bfloat16)(x, other),
+                                       atol=0, rtol=0)
+
+
 def test_bf16_student_stays_close_to_the_fp32_reference(tiny_checkpoint, vocoder, tiny):
     fast = Vocoder.load(tiny_checkpoint, device="cpu", precision="bf16")
     assert fast.precision == "bf16" and vocoder.precision == "fp32"

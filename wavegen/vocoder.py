@@ -22,7 +22,7 @@ from wavegen.checkpoint import CheckpointError, import_model
 from wavegen.config import AudioConfig, Preset
 from wavegen.models import Student, Teacher
 from wavegen.models.teacher import Progress
-from wavegen.nn.packed import PackedBody
+from wavegen.nn.packed import PackedBody, pack
 
 MODELS = ("student", "teacher", "griffin-lim")
 PRECISIONS = ("fp32", "bf16")
@@ -156,7 +156,7 @@ class Vocoder:
         hop, frames = self.audio.hop_length, mel.shape[-1]
         if self.device.type == "cpu" and self._student_bodies is None:  # GEMM layout; same maths as the flows
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-            self._student_bodies = [PackedBody(flow, dtype) for flow in self.student.flows]
+            self._student_bodies = pack(self.student.flows, dtype)
         bodies = self._student_bodies
         if frames <= self.chunk_frames:
             return self.student.sample(mel, z=z, bodies=bodies)[0]

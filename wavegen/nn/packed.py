@@ -2,91 +2,139 @@
 
 `CausalWaveNet.forward` is the reference (channel-major conv1d in float32, what training runs). On
 CPUs with bf16 matrix units, a bf16 `conv1d` is not faster, while a bf16 matmul is several times
-faster than float32 (measured on this machine: ~400 vs ~90 GFLOP/s at the student's sizes). So here
-each layer is one matmul over time-major rows [x_(t-(k-1)d), ..., x_(t-d), x_t, c_t] (B, T, k R + n_mels)
-against the stacked conv and conditioning weights, then one matmul for the residual and skip 1x1s.
-Only the GEMM operands are bf16: the residual stream, the skip sum, the gates and the head run in
-float32. Tests bound the difference from the reference.
+faster than float32 (measured on this machine: ~800 vs ~200 GFLOP/s at the student's sizes). So here
+each layer is one matmul over time-major rows [x_(t-(k-1)d), ..., x_(t-d), x_t, c_t, 1] (B, T, k R + n_mels + 1)
+against the stacked conv, conditioning and bias weights, then one matmul for the residual and skip 1x1s.
+Only the GEMM operands are bf16: the residual stream, the skip sum and the head run in float32. Tests
+bound the difference from the reference.
+
+The GEMMs are most of the work, so every elementwise pass that can be folded into a weight is:
+
+* the conv bias is the weight row of a constant-1 column of the rows;
+* tanh(a) = 2 sigmoid(2a) - 1, so one sigmoid covers all 2G gate channels, and tanh(a) sigmoid(b) =
+  2 s_a s_b - s_b, so the output GEMM takes [s_a s_b, s_b] against [2 W; -W];
+* the output bias rides on one more gate column whose pre-activation is a constant 30 (sigmoid: 1.0);
+* the residual scale: with g_l = h_l / sqrt(1/2)^l the update h_(l+1) = (h_l + res_l) sqrt(1/2) becomes
+  g_(l+1) = g_l + res_l / sqrt(1/2)^l, so sqrt(1/2)^l goes into layer l's tap weights and its inverse
+  into its residual weights; the skip scale goes into the head;
+* g and the skip sum sit side by side in one float32 buffer, so one add takes a layer's whole output;
+* the k taps are one conversion of g into the newest tap's columns and k - 1 shifted copies of it.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from wavegen.nn.wavenet import CausalWaveNet
+
+GATE_PAD = 8  # gate columns: 2G, then a constant-1 column and zeros up to a multiple of this
+ONE = 30.0  # pre-activation of the constant gate column: sigmoid(30) rounds to 1.0 in float32 and bf16
+
+
+class Workspace:
+    """The buffers of a packed pass, reused across layers, calls and the bodies that share it (fresh
+    multi-MB tensors each op cost page faults that outweighed the GEMMs), updated in place.
+
+    The conditioning columns of the rows are the same for every layer and every body of a student:
+    they are copied once per conditioning tensor, recognised by identity (`Student.sample` hands the
+    same upsampled tensor to every flow; inference tensors carry no version counter, so a caller must
+    not modify a conditioning tensor in place between calls).
+    """
+
+    def __init__(self) -> None:
+        self.storage: dict[str, Tensor] = {}  # flat, grown to the largest call; views per call
+        self.shape: tuple | None = None
+        self.buffers: dict[str, Tensor] = {}
+        self.cond: Tensor | None = None  # the conditioning in the rows (held, so its identity stays unique)
+
+    def get(self, body: PackedBody, batch: int, length: int, n_mels: int) -> dict[str, Tensor]:
+        """Contiguous (B, T, columns) views for this call; memory is reallocated only to grow (the
+        vocoder's chunks differ in length: the first and last are shorter)."""
+        k, r, outs = body.kernel_size, body.residual, body.layers[0][1].shape[1]
+        columns = {"rows": (k * r + n_mels + 1, body.dtype), "pre": (body.gates, body.dtype),
+                   "out": (outs, body.dtype), "out32": (outs, torch.float32),
+                   "state": (outs, torch.float32)}  # state: [g - B, skip sum]
+        shape = (batch, length, tuple(columns.items()))
+        if shape != self.shape:
+            self.shape, self.cond = shape, None
+            for name, (width, dtype) in columns.items():
+                size = batch * length * width
+                if name not in self.storage or self.storage[name].numel() < size or self.storage[name].dtype != dtype:
+                    self.storage[name] = torch.empty(size, dtype=dtype)
+                self.buffers[name] = self.storage[name][:size].view(batch, length, width)
+            self.buffers["rows"][..., -1] = 1.0  # the bias column
+        return self.buffers
+
+    def put_conditioning(self, cond: Tensor, columns: slice) -> None:
+        """cond (B, n_mels, T) into the rows' conditioning columns, unless they already hold it."""
+        if cond is not self.cond:
+            self.buffers["rows"][..., columns].copy_(cond.transpose(1, 2))
+            self.cond = cond
+
+
+def pack(bodies: Sequence[CausalWaveNet], dtype: torch.dtype = torch.bfloat16) -> list[PackedBody]:
+    """Packed copies of bodies run one after another (a student's flows), sharing one workspace."""
+    workspace = Workspace()
+    return [PackedBody(body, dtype, workspace) for body in bodies]
 
 
 class PackedBody:
     """A frozen copy of one body's weights in GEMM layout; call it like the body (inference only).
 
-    Every intermediate lives in buffers reused across layers and calls of the same shape (fresh
-    multi-MB tensors each op cost page faults that outweighed the GEMMs), updated in place. Elementwise
-    passes are folded into the GEMMs where they can be: the conv bias is the weight row of a constant-1
-    column of the rows; tanh(a) = 2 sigmoid(2a) - 1, so one sigmoid covers all 2G channels, and
-    tanh(a) sigmoid(b) = 2 s_a s_b - s_b, so the output GEMM takes [s_a s_b, s_b] against [2 W; -W].
+    Its intermediates live in a `Workspace`, which bodies of one width can share (`pack`).
     """
 
-    def __init__(self, body: CausalWaveNet, dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, body: CausalWaveNet, dtype: torch.dtype = torch.bfloat16, workspace: Workspace | None = None):
         cfg = body.cfg
-        k, g = cfg.kernel_size, cfg.gate_channels
-        self.dtype, self.dilations, self.kernel_size, self.residual = dtype, cfg.dilations, k, cfg.residual_channels
-        self.margin = (k - 1) * max(cfg.dilations)  # zero rows before t = 0: the causal left padding
+        k, g, r = cfg.kernel_size, cfg.gate_channels, cfg.residual_channels
+        self.dtype, self.dilations, self.kernel_size, self.residual, self.gates = dtype, cfg.dilations, k, r, 2 * g
         tanh_half = torch.cat([torch.full((g,), 2.0), torch.ones(g)])  # tanh(a) = 2 sigmoid(2a) - 1
+        half = math.sqrt(0.5)
+        carried = torch.zeros(r)  # B_m: the residual biases of layers < m, in g units
+        skip_bias = torch.zeros(cfg.skip_channels)
         self.layers = []
-        for block in body.blocks:
+        for i, block in enumerate(body.blocks):
             taps, cond, conv_b, out_w, out_b = block.gemm_weights()
+            taps = taps * half**i  # against g_i = h_i / sqrt(1/2)^i
+            conv_b = conv_b + carried.repeat(k) @ taps  # the rows hold g - B_i
             w_in = torch.cat([taps, cond, conv_b[None]]) * tanh_half  # (k R + n_mels + 1, 2G): bias row last
             w_out = torch.cat([2.0 * out_w, -out_w])  # (2G, R + S) against [s_a s_b, s_b]
-            self.layers.append((w_in.to(dtype).contiguous(), w_out.to(dtype).contiguous(), out_b,
-                                block.residual is not None))
+            w_out[:, :r] /= half**i
+            padding = (-carried).to(dtype)  # g = 0 before t = 0 (the causal left padding): g - B_i = -B_i
+            self.layers.append((w_in.to(dtype), w_out.to(dtype), padding))
+            carried = carried + out_b[:r] / half**i
+            skip_bias += out_b[r:]
         self.input_w = body.input.weight[:, 0, 0].detach().float().clone()
         self.input_b = body.input.bias.detach().float().clone()
-        self.head = [(w.contiguous(), b) for w, b in body.head_weights()]
-        self._buffers: dict[tuple[int, int, int], dict[str, Tensor]] = {}
-
-    def _workspace(self, batch: int, length: int, n_mels: int) -> dict[str, Tensor]:
-        key = (batch, length, n_mels)
-        if key not in self._buffers:
-            self._buffers.clear()  # one shape at a time (the vocoder's chunks share one length)
-            k, r = self.kernel_size, self.residual
-            gates, outs = self.layers[0][0].shape[1], self.layers[0][1].shape[1]
-            rows = torch.empty(batch, length, k * r + n_mels + 1, dtype=self.dtype)
-            rows[..., -1] = 1.0  # the bias column
-            self._buffers[key] = {
-                "rows": rows,
-                "padded": torch.zeros(batch, self.margin + length, r, dtype=self.dtype),
-                "pre": torch.empty(batch, length, gates, dtype=self.dtype),
-                "out": torch.empty(batch, length, outs, dtype=self.dtype),
-                "out32": torch.empty(batch, length, outs),
-            }
-        return self._buffers[key]
+        self.skip_bias = skip_bias  # every layer's skip bias, summed: where the skip sum starts
+        (h1_w, h1_b), (h2_w, h2_b) = body.head_weights()
+        self.head = [(h1_w * math.sqrt(1.0 / len(body.blocks)), h1_b), (h2_w, h2_b)]  # relu(a x) = a relu(x)
+        self.workspace = workspace or Workspace()
 
     @torch.inference_mode()
     def __call__(self, x: Tensor, cond: Tensor) -> Tensor:
         """x (B, 1, T), cond (B, n_mels, T) -> (B, C_out, T) float32, as `CausalWaveNet.forward`."""
-        (batch, n_mels, length), k, r = cond.shape, self.kernel_size, self.residual
-        space = self._workspace(batch, length, n_mels)
-        rows, padded, pre, out, out32 = (space[n] for n in ("rows", "padded", "pre", "out", "out32"))
-        rows[..., k * r:-1].copy_(cond.transpose(1, 2))  # the conditioning columns, shared by every layer
-        h = x.transpose(1, 2).float() * self.input_w + self.input_b  # (B, T, R) float32 residual stream
-        skips = torch.zeros(batch, length, out.shape[-1] - r)
-        for (w_in, w_out, b_out, has_residual), d in zip(self.layers, self.dilations):
-            padded[:, self.margin:].copy_(h)
-            for j in range(k):  # tap j sees x_(t - (k - 1 - j) d)
-                lo = self.margin - (k - 1 - j) * d
-                rows[..., j * r:(j + 1) * r].copy_(padded[:, lo:lo + length])
+        (batch, n_mels, length), k, r, g = cond.shape, self.kernel_size, self.residual, self.gates // 2
+        space = self.workspace.get(self, batch, length, n_mels)
+        rows, pre, out, out32, state = (space[n] for n in ("rows", "pre", "out", "out32", "state"))
+        self.workspace.put_conditioning(cond, slice(k * r, -1))  # shared by every layer
+        torch.mul(x.transpose(1, 2), self.input_w, out=state[..., :r]).add_(self.input_b)  # g_0 = h_0
+        state[..., r:] = self.skip_bias
+        newest = rows[..., (k - 1) * r:k * r]
+        for (w_in, w_out, padding), d in zip(self.layers, self.dilations):
+            newest.copy_(state[..., :r])
+            for j in range(k - 1):  # tap j sees x_(t - (k - 1 - j) d): the newest tap, shifted
+                shift, tap = min(length, (k - 1 - j) * d), rows[..., j * r:(j + 1) * r]
+                tap[:, shift:].copy_(newest[:, :length - shift])
+                tap[:, :shift] = padding
             torch.matmul(rows, w_in, out=pre).sigmoid_()
-            s_a, s_b = pre.chunk(2, dim=-1)
-            s_a.mul_(s_b)
+            pre[..., :g].mul_(pre[..., g:])
             torch.matmul(pre, w_out, out=out)
-            out32.copy_(out).add_(b_out)
-            if has_residual:
-                h.add_(out32[..., :r]).mul_(math.sqrt(0.5))
-            skips.add_(out32[..., r:])
-        y = torch.relu(skips.mul_(math.sqrt(1.0 / len(self.layers))))
+            state.add_(out32.copy_(out))
+        y = state[..., r:].relu_()
         y = torch.relu(y @ self.head[0][0] + self.head[0][1]) @ self.head[1][0] + self.head[1][1]
         return y.transpose(1, 2)
