@@ -4,7 +4,8 @@
 
 Student: real-time factor on the same mel and noise for the float32 reference (conv1d) and the packed
 GEMM pass in float32 and bfloat16 at several chunk lengths, at 1 and 2 threads. Teacher: samples/s of
-the PyTorch step and of the compiled loop. Medians of 3 runs (the sequential paths: one run each).
+the PyTorch step and of the compiled loop. Student log-prob: the compiled loop as one stage (one core) and
+pipelined over the cores. Medians of 3 runs (the sequential paths: one run each).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import torch
 
 from wavegen.evaluate import speech_like, timed
+from wavegen.nn import compiled
 from wavegen.nn.packed import pack
 from wavegen.vocoder import Vocoder
 
@@ -58,6 +60,16 @@ def main() -> None:
         seconds = median_seconds(lambda: vocoder.teacher.generate(mel[..., :length], compiled=compiled), 1)
         rows[f"teacher {name}"] = {"samples_per_s": length * vocoder.audio.hop_length / seconds}
         print(f"teacher {name}: {rows[f'teacher {name}']['samples_per_s']:,.0f} samples/s", flush=True)
+    student = vocoder.student
+    with torch.no_grad():
+        cond = student.upsampler(mel[..., :frames])
+    x = vocoder.synthesize(mel[..., :frames], "student", seed=0)
+    for name, threads in (("one stage", 1), ("pipelined", None)):
+        loop = compiled.CompiledLoop(list(reversed(student.flows)), student.cfg.log_scale_min, threads=threads)
+        seconds = median_seconds(lambda: loop.run_blocks(cond, x, compiled.INVERT), 1)
+        rows[f"student log-prob, {name}"] = {"samples_per_s": x.shape[-1] / seconds,
+                                             "stages": len(loop.stages(1)) - 1}
+        print(f"student log-prob, {name}: {x.shape[-1] / seconds:,.0f} samples/s", flush=True)
     print(json.dumps(rows, indent=1))
 
 

@@ -54,8 +54,8 @@ class Workspace:
     def get(self, body: PackedBody, batch: int, length: int, n_mels: int) -> dict[str, Tensor]:
         """Contiguous (B, T, columns) views for this call; memory is reallocated only to grow (the
         vocoder's chunks differ in length: the first and last are shorter)."""
-        k, r, outs = body.kernel_size, body.residual, body.layers[0][1].shape[1]
-        columns = {"rows": (k * r + n_mels + 1, body.dtype), "pre": (body.gates, body.dtype),
+        k, r, outs = body.kernel_size, body.residual, body.layers[0][2].shape[1]
+        columns = {"rows": (k * r + n_mels, body.dtype), "pre": (body.gates, body.dtype),
                    "out": (outs, body.dtype), "out32": (outs, torch.float32),
                    "state": (outs, torch.float32)}  # state: [g - B, skip sum]
         shape = (batch, length, tuple(columns.items()))
@@ -66,7 +66,6 @@ class Workspace:
                 if name not in self.storage or self.storage[name].numel() < size or self.storage[name].dtype != dtype:
                     self.storage[name] = torch.empty(size, dtype=dtype)
                 self.buffers[name] = self.storage[name][:size].view(batch, length, width)
-            self.buffers["rows"][..., -1] = 1.0  # the bias column
         return self.buffers
 
     def put_conditioning(self, cond: Tensor, columns: slice) -> None:
@@ -74,6 +73,12 @@ class Workspace:
         if cond is not self.cond:
             self.buffers["rows"][..., columns].copy_(cond.transpose(1, 2))
             self.cond = cond
+
+
+def fused_linear_available() -> bool:
+    """Whether this torch has oneDNN's fused linear + pointwise op (x86 and ARM builds with mkldnn)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(
+        torch.ops.mkldnn, "_reorder_linear_weight")
 
 
 def pack(bodies: Sequence[CausalWaveNet], dtype: torch.dtype = torch.bfloat16) -> list[PackedBody]:
@@ -88,7 +93,9 @@ class PackedBody:
     Its intermediates live in a `Workspace`, which bodies of one width can share (`pack`).
     """
 
-    def __init__(self, body: CausalWaveNet, dtype: torch.dtype = torch.bfloat16, workspace: Workspace | None = None):
+    def __init__(self, body: CausalWaveNet, dtype: torch.dtype = torch.bfloat16, workspace: Workspace | None = None,
+                 fused: bool | None = None):
+        self.fused = fused_linear_available() if fused is None else fused
         cfg = body.cfg
         k, g, r = cfg.kernel_size, cfg.gate_channels, cfg.residual_channels
         self.dtype, self.dilations, self.kernel_size, self.residual, self.gates = dtype, cfg.dilations, k, r, 2 * g
@@ -101,11 +108,14 @@ class PackedBody:
             taps, cond, conv_b, out_w, out_b = block.gemm_weights()
             taps = taps * half**i  # against g_i = h_i / sqrt(1/2)^i
             conv_b = conv_b + carried.repeat(k) @ taps  # the rows hold g - B_i
-            w_in = torch.cat([taps, cond, conv_b[None]]) * tanh_half  # (k R + n_mels + 1, 2G): bias row last
+            w_in = (torch.cat([taps, cond]) * tanh_half).to(dtype)  # (k R + n_mels, 2G)
+            bias = (conv_b * tanh_half).to(dtype)
+            if self.fused:  # oneDNN's layout for the fused linear: (2G, k R + n_mels), reordered once
+                w_in = torch.ops.mkldnn._reorder_linear_weight(w_in.T.contiguous(), None)
             w_out = torch.cat([2.0 * out_w, -out_w])  # (2G, R + S) against [s_a s_b, s_b]
             w_out[:, :r] /= half**i
             padding = (-carried).to(dtype)  # g = 0 before t = 0 (the causal left padding): g - B_i = -B_i
-            self.layers.append((w_in.to(dtype), w_out.to(dtype), padding))
+            self.layers.append((w_in, bias, w_out.to(dtype), padding))
             carried = carried + out_b[:r] / half**i
             skip_bias += out_b[r:]
         self.input_w = body.input.weight[:, 0, 0].detach().float().clone()
@@ -121,17 +131,20 @@ class PackedBody:
         (batch, n_mels, length), k, r, g = cond.shape, self.kernel_size, self.residual, self.gates // 2
         space = self.workspace.get(self, batch, length, n_mels)
         rows, pre, out, out32, state = (space[n] for n in ("rows", "pre", "out", "out32", "state"))
-        self.workspace.put_conditioning(cond, slice(k * r, -1))  # shared by every layer
+        self.workspace.put_conditioning(cond, slice(k * r, None))  # shared by every layer
         torch.mul(x.transpose(1, 2), self.input_w, out=state[..., :r]).add_(self.input_b)  # g_0 = h_0
         state[..., r:] = self.skip_bias
         newest = rows[..., (k - 1) * r:k * r]
-        for (w_in, w_out, padding), d in zip(self.layers, self.dilations):
+        for (w_in, bias, w_out, padding), d in zip(self.layers, self.dilations):
             newest.copy_(state[..., :r])
             for j in range(k - 1):  # tap j sees x_(t - (k - 1 - j) d): the newest tap, shifted
                 shift, tap = min(length, (k - 1 - j) * d), rows[..., j * r:(j + 1) * r]
                 tap[:, shift:].copy_(newest[:, :length - shift])
                 tap[:, :shift] = padding
-            torch.matmul(rows, w_in, out=pre).sigmoid_()
+            if self.fused:  # GEMM, bias and sigmoid in one oneDNN call (the sigmoid on float32 accumulators)
+                pre = torch.ops.mkldnn._linear_pointwise(rows, w_in, bias, "sigmoid", [], "")
+            else:
+                torch.matmul(rows, w_in, out=pre).add_(bias).sigmoid_()
             pre[..., :g].mul_(pre[..., g:])
             torch.matmul(pre, w_out, out=out)
             state.add_(out32.copy_(out))
