@@ -142,6 +142,23 @@ def test_pipelined_stack_equals_one_stage_and_the_pytorch_flows(tiny, monkeypatc
     torch.testing.assert_close(results[2, 2][0][:1], x, atol=1e-4, rtol=1e-4)  # other spans, same result
 
 
+def test_streamed_pieces_equal_one_pass_and_share_the_step_cache(tiny):
+    body = randomise(CausalWaveNet(tiny.teacher, 1, 2), 0.2).eval()
+    x, cond = torch.randn(2, 1, 150), torch.randn(2, tiny.teacher.n_mels, 150)
+    with torch.no_grad():
+        whole = body(x, cond)
+        cache, pieces = body.init_cache(2, x.device), []
+        for lo, hi in ((0, 3), (3, 70), (70, 71), (71, 150)):  # shorter and longer than the contexts
+            y, cache = body.stream(x[..., lo:hi], cond[..., lo:hi], cache)
+            pieces.append(y)
+        torch.testing.assert_close(torch.cat(pieces, -1), whole, atol=1e-5, rtol=1e-5)
+        stepped = body.init_cache(2, x.device)
+        for t in range(150):  # the step cache after every sample is the stream cache after the last piece
+            _, stepped = body.step(x[:, :, t], cond[:, :, t], stepped)
+    for streamed, step_queue in zip(cache, stepped):
+        torch.testing.assert_close(streamed, step_queue, atol=1e-5, rtol=1e-5)
+
+
 def test_mixture_of_logistics_is_a_normalised_discrete_distribution(tiny):
     from wavegen.distributions import mol_log_prob
 

@@ -98,6 +98,27 @@ def test_packed_flows_share_one_workspace_without_leaks(vocoder, tiny):
                                        atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_packed_body_streams_like_the_flow(vocoder, tiny, fused):
+    from wavegen.nn.packed import PackedBody
+
+    flow = vocoder.student.flows[0]
+    x, cond = torch.randn(1, 1, 200), torch.randn(1, tiny.audio.n_mels, 200)
+    with torch.inference_mode():
+        whole = flow(x, cond)
+        for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+            packed = PackedBody(flow, dtype, fused=fused)
+            cache, pieces = flow.init_cache(1, x.device), []
+            for lo, hi in ((0, 5), (5, 120), (120, 200)):
+                y, cache = packed.stream(x[..., lo:hi], cond[..., lo:hi], cache)
+                pieces.append(y)
+            error = (torch.cat(pieces, -1) - whole).norm() / whole.norm()
+            assert error < tolerance, (dtype, error)
+            _, reference = flow.stream(x, cond, flow.init_cache(1, x.device))  # the same cache format
+            for mine, theirs in zip(cache, reference):
+                assert (mine - theirs).norm() <= tolerance * theirs.norm() + 1e-6
+
+
 def test_bf16_student_stays_close_to_the_fp32_reference(tiny_checkpoint, vocoder, tiny):
     fast = Vocoder.load(tiny_checkpoint, device="cpu", precision="bf16")
     assert fast.precision == "bf16" and vocoder.precision == "fp32"

@@ -31,8 +31,7 @@ GRIFFIN_LIM_ITERATIONS = 32
 # Student chunk length. On the CPU the student runs as packed GEMMs (`wavegen.nn.packed`), which prefer long
 # chunks; measured RTF of the default student on 5 s, 2 threads, one run (scripts/levers.py): bf16 32 frames
 # 0.107, 64 0.089, 128 0.089; fp32 packed 32 0.300, 128 0.252; the fp32 conv1d flows 32 0.633, 128 0.497.
-CHUNK_FRAMES = 128
-CROSSFADE_FRAMES = 1  # half the overlap between neighbouring chunks
+CHUNK_FRAMES = 48
 UPSAMPLER_CONTEXT = 2  # mel frames the upsampler's transposed convolutions see on either side
 
 
@@ -125,9 +124,9 @@ class Vocoder:
         """mel (n_mels, F) or (B, n_mels, F) -> waveform (B, F * hop) in [-1, 1], on the CPU.
 
         The student draws z (B, F * hop) once (or takes `z`) and synthesises long inputs in chunks of
-        `chunk_frames` with enough left context for its receptive field, cross-faded, so peak memory
-        stays bounded and the result equals one whole-input pass. The teacher is sequential; its
-        memory is bounded by its step cache.
+        `chunk_frames`, each flow carrying its past in a cache, so peak memory stays bounded and the
+        result equals one whole-input pass. The teacher is sequential; its memory is bounded by its
+        step cache.
         """
         if model not in MODELS:
             raise ModelUnavailable(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
@@ -143,41 +142,31 @@ class Vocoder:
             if z is None:
                 shape = (mel.shape[0], mel.shape[-1] * self.audio.hop_length)
                 z = temperature * torch.randn(shape, generator=generator, device=self.device)
-            wav = self._student_chunked(mel, z.to(self.device))
+            wav = self._student_streamed(mel, z.to(self.device))
         return wav.clamp(-1.0, 1.0).float().cpu()
 
-    def _student_chunked(self, mel: Tensor, z: Tensor) -> Tensor:
-        """mel (B, n_mels, F), z (B, F * hop) -> x (B, F * hop), chunk by chunk.
+    def _student_streamed(self, mel: Tensor, z: Tensor) -> Tensor:
+        """mel (B, n_mels, F), z (B, F * hop) -> x (B, F * hop), `chunk_frames` at a time.
 
-        Chunk i keeps frames [s - fade, e + fade) and is computed with `left` frames of context before
-        that (the flows are causal: their receptive field) and UPSAMPLER_CONTEXT after (the transposed
-        convolutions look one frame ahead). Neighbouring chunks are cross-faded over 2 * fade frames.
+        Each chunk's conditioning is upsampled with UPSAMPLER_CONTEXT frames on either side (the
+        transposed convolutions look one frame ahead and behind); the flows carry their past from
+        chunk to chunk in their caches (`Student.transform`), so nothing is recomputed and the result
+        equals one whole-input pass.
         """
         hop, frames = self.audio.hop_length, mel.shape[-1]
         if self.device.type == "cpu" and self._student_bodies is None:  # GEMM layout; same maths as the flows
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
             self._student_bodies = pack(self.student.flows, dtype)
         bodies = self._student_bodies
-        if frames <= self.chunk_frames:
-            return self.student.sample(mel, z=z, bodies=bodies)[0]
-        fade = CROSSFADE_FRAMES
-        left = math.ceil(self.student.receptive_field / hop) + UPSAMPLER_CONTEXT
-        out, norm = torch.zeros_like(z), torch.zeros(z.shape[-1], device=z.device)
+        cache = self.student.init_cache(mel.shape[0], z.device)
+        out = torch.empty_like(z)
         for start in range(0, frames, self.chunk_frames):
             end = min(frames, start + self.chunk_frames)
-            keep_lo, keep_hi = max(0, start - fade), min(frames, end + fade)
-            lo, hi = max(0, keep_lo - left), min(frames, keep_hi + UPSAMPLER_CONTEXT)
-            x = self.student.sample(mel[..., lo:hi], z=z[:, lo * hop:hi * hop], bodies=bodies)[0]
-            piece = x[:, (keep_lo - lo) * hop:(keep_hi - lo) * hop]
-            weight = torch.ones(piece.shape[-1], device=z.device)
-            ramp = torch.linspace(0.0, 1.0, 2 * fade * hop + 2, device=z.device)[1:-1]  # strictly inside (0, 1)
-            if keep_lo > 0:
-                weight[: ramp.numel()] = ramp
-            if keep_hi < frames:
-                weight[-ramp.numel():] = ramp.flip(0)
-            out[:, keep_lo * hop:keep_hi * hop] += piece * weight
-            norm[keep_lo * hop:keep_hi * hop] += weight
-        return out / norm
+            lo, hi = max(0, start - UPSAMPLER_CONTEXT), min(frames, end + UPSAMPLER_CONTEXT)
+            cond = self.student.upsampler(mel[..., lo:hi])[..., (start - lo) * hop:(end - lo) * hop]
+            out[:, start * hop:end * hop], _, _, cache = self.student.transform(
+                z[:, start * hop:end * hop], cond, bodies, cache)
+        return out
 
     def synthesize_many(self, mels: list[Tensor], model: str = "student", batch_size: int = 8,
                         temperature: float = 1.0, seed: int | None = None) -> list[Tensor]:

@@ -8,14 +8,14 @@ mu_tot = sum_k mu_k prod_{j>k} sigma_j: q(x_t | z_<t) is Gaussian.
 What costs what:
 * `sample`: K parallel passes (one per flow) for the whole utterance; returns x and the
   per-sample Gaussian (mu_tot, log_sigma_tot), whose log-density is the flow's exact density of
-  its own sample;
+  its own sample; `transform` does the same piece by piece with explicit caches (long inputs);
 * `inverse` / `log_prob` of an arbitrary waveform: sequential, flow by flow from the last,
   sample by sample with the body's step cache.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,17 @@ from wavegen.config import FlowConfig
 from wavegen.distributions import gaussian_log_prob
 from wavegen.nn import CausalWaveNet, MelUpsampler, full_precision, shift_right
 from wavegen.nn import compiled as compiled_loop
+from wavegen.nn.wavenet import Cache
+
+FlowCache = list[tuple[Tensor, Cache]]  # per flow: its last input (B, 1) and its body's cache
+
+
+class Body(Protocol):
+    """A flow's network: `CausalWaveNet` itself, or an inference copy (`wavegen.nn.packed.PackedBody`)."""
+
+    def __call__(self, x: Tensor, cond: Tensor) -> Tensor: ...
+
+    def stream(self, x: Tensor, cond: Tensor, cache: Cache) -> tuple[Tensor, Cache]: ...
 
 
 class Student(nn.Module):
@@ -50,7 +61,7 @@ class Student(nn.Module):
 
     def sample(self, mel: Tensor, z: Tensor | None = None, temperature: float = 1.0,
                generator: torch.Generator | None = None,
-               bodies: Sequence[Callable[[Tensor, Tensor], Tensor]] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+               bodies: Sequence[Body] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """mel (B, n_mels, F) -> x, mu_tot, log_sigma_tot, each (B, F * hop). K parallel passes.
 
         z (B, F * hop) defaults to temperature * N(0, I). x = z * exp(log_sigma_tot) + mu_tot exactly.
@@ -61,16 +72,40 @@ class Student(nn.Module):
         if z is None:
             z = temperature * torch.randn(cond.shape[0], cond.shape[2], generator=generator,
                                           device=cond.device, dtype=cond.dtype)
+        return self.transform(z, cond, bodies)[:3]
+
+    def init_cache(self, batch: int, device: torch.device | str = "cpu") -> FlowCache:
+        """The state before the first sample: per flow, its last input (zero: the shift right) and its
+        body's cache (`CausalWaveNet.init_cache`)."""
+        return [(torch.zeros(batch, 1, device=device), flow.init_cache(batch, torch.device(device)))
+                for flow in self.flows]
+
+    def transform(self, z: Tensor, cond: Tensor, bodies: Sequence[Body] | None = None,
+                  cache: FlowCache | None = None) -> tuple[Tensor, Tensor, Tensor, FlowCache | None]:
+        """z (B, T), upsampled cond (B, n_mels, T) -> x, mu_tot, log_sigma_tot (B, T) and the cache after z.
+
+        With `cache` (from `init_cache`, then from the previous call), consecutive pieces of z give
+        exactly what one call on the whole would: each flow sees its own past through the cache (the
+        bodies' `stream`). Without it, z is the start of the sequence and no cache is made.
+        """
         x = z
         mu_tot = torch.zeros_like(z)
         log_sigma_tot = torch.zeros_like(z)
-        for body in bodies or self.flows:
-            mu, log_sigma = self._affine(full_precision(body(shift_right(x.unsqueeze(1)), cond)))  # (B, T) each
+        new_cache = None if cache is None else []
+        for k, body in enumerate(bodies or self.flows):
+            if cache is None:
+                params = body(shift_right(x.unsqueeze(1)), cond)
+            else:
+                previous, body_cache = cache[k]
+                params, body_cache = body.stream(torch.cat([previous, x[:, :-1]], dim=1).unsqueeze(1), cond,
+                                                 body_cache)
+                new_cache.append((x[:, -1:], body_cache))
+            mu, log_sigma = self._affine(full_precision(params))  # (B, T) each
             sigma = torch.exp(log_sigma)
             x = x * sigma + mu
             mu_tot = mu_tot * sigma + mu
             log_sigma_tot = log_sigma_tot + log_sigma
-        return x, mu_tot, log_sigma_tot
+        return x, mu_tot, log_sigma_tot, new_cache
 
     def forward(self, mel: Tensor, z: Tensor | None = None, temperature: float = 1.0,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from wavegen.nn.wavenet import CausalWaveNet
+from wavegen.nn.wavenet import Cache, CausalWaveNet
 
 GATE_PAD = 8  # gate columns: 2G, then a constant-1 column and zeros up to a multiple of this
 ONE = 30.0  # pre-activation of the constant gate column: sigmoid(30) rounds to 1.0 in float32 and bf16
@@ -55,17 +55,18 @@ class Workspace:
         """Contiguous (B, T, columns) views for this call; memory is reallocated only to grow (the
         vocoder's chunks differ in length: the first and last are shorter)."""
         k, r, outs = body.kernel_size, body.residual, body.layers[0][2].shape[1]
-        columns = {"rows": (k * r + n_mels, body.dtype), "pre": (body.gates, body.dtype),
-                   "out": (outs, body.dtype), "out32": (outs, torch.float32),
-                   "state": (outs, torch.float32)}  # state: [g - B, skip sum]
-        shape = (batch, length, tuple(columns.items()))
+        shapes = {"rows": (length, k * r + n_mels, body.dtype), "pre": (length, body.gates, body.dtype),
+                  "out": (length, outs, body.dtype), "out32": (length, outs, torch.float32),
+                  "state": (length, outs, torch.float32),  # [g - B, skip sum]
+                  "history": (body.margin, r, body.dtype)}  # a layer's inputs before this call
+        shape = (batch, tuple(shapes.items()))
         if shape != self.shape:
             self.shape, self.cond = shape, None
-            for name, (width, dtype) in columns.items():
-                size = batch * length * width
+            for name, (steps, width, dtype) in shapes.items():
+                size = batch * steps * width
                 if name not in self.storage or self.storage[name].numel() < size or self.storage[name].dtype != dtype:
                     self.storage[name] = torch.empty(size, dtype=dtype)
-                self.buffers[name] = self.storage[name][:size].view(batch, length, width)
+                self.buffers[name] = self.storage[name][:size].view(batch, steps, width)
         return self.buffers
 
     def put_conditioning(self, cond: Tensor, columns: slice) -> None:
@@ -99,6 +100,7 @@ class PackedBody:
         cfg = body.cfg
         k, g, r = cfg.kernel_size, cfg.gate_channels, cfg.residual_channels
         self.dtype, self.dilations, self.kernel_size, self.residual, self.gates = dtype, cfg.dilations, k, r, 2 * g
+        self.margin = (k - 1) * max(cfg.dilations)  # the longest history a layer reads
         tanh_half = torch.cat([torch.full((g,), 2.0), torch.ones(g)])  # tanh(a) = 2 sigmoid(2a) - 1
         half = math.sqrt(0.5)
         carried = torch.zeros(r)  # B_m: the residual biases of layers < m, in g units
@@ -114,8 +116,7 @@ class PackedBody:
                 w_in = torch.ops.mkldnn._reorder_linear_weight(w_in.T.contiguous(), None)
             w_out = torch.cat([2.0 * out_w, -out_w])  # (2G, R + S) against [s_a s_b, s_b]
             w_out[:, :r] /= half**i
-            padding = (-carried).to(dtype)  # g = 0 before t = 0 (the causal left padding): g - B_i = -B_i
-            self.layers.append((w_in, bias, w_out.to(dtype), padding))
+            self.layers.append((w_in, bias, w_out.to(dtype), carried, half**i))
             carried = carried + out_b[:r] / half**i
             skip_bias += out_b[r:]
         self.input_w = body.input.weight[:, 0, 0].detach().float().clone()
@@ -128,6 +129,14 @@ class PackedBody:
     @torch.inference_mode()
     def __call__(self, x: Tensor, cond: Tensor) -> Tensor:
         """x (B, 1, T), cond (B, n_mels, T) -> (B, C_out, T) float32, as `CausalWaveNet.forward`."""
+        return self._run(x, cond, None)[0]
+
+    @torch.inference_mode()
+    def stream(self, x: Tensor, cond: Tensor, cache: Cache) -> tuple[Tensor, Cache]:
+        """As `CausalWaveNet.stream`, with its cache format (each layer's last (k - 1) d inputs h, float32)."""
+        return self._run(x, cond, cache)
+
+    def _run(self, x: Tensor, cond: Tensor, cache: Cache | None) -> tuple[Tensor, Cache | None]:
         (batch, n_mels, length), k, r, g = cond.shape, self.kernel_size, self.residual, self.gates // 2
         space = self.workspace.get(self, batch, length, n_mels)
         rows, pre, out, out32, state = (space[n] for n in ("rows", "pre", "out", "out32", "state"))
@@ -135,12 +144,23 @@ class PackedBody:
         torch.mul(x.transpose(1, 2), self.input_w, out=state[..., :r]).add_(self.input_b)  # g_0 = h_0
         state[..., r:] = self.skip_bias
         newest = rows[..., (k - 1) * r:k * r]
-        for (w_in, bias, w_out, padding), d in zip(self.layers, self.dilations):
+        new_cache = None if cache is None else []
+        for i, ((w_in, bias, w_out, carried, scale), d) in enumerate(zip(self.layers, self.dilations)):
+            context = (k - 1) * d
+            if cache is None:  # h = 0 before t = 0 (the causal left padding): g - B_i = -B_i
+                history = (-carried).to(self.dtype).expand(batch, context, r)
+            else:  # the true inputs h in the cache, as g - B_i; the new cache from this call's tail
+                history = space["history"][:, :context]
+                history.copy_(cache[i].transpose(1, 2) / scale - carried)
+                tail = min(length, context)
+                recent = ((state[:, length - tail:, :r] + carried) * scale).transpose(1, 2)  # (B, R, tail)
+                new_cache.append(torch.cat([cache[i][..., tail:], recent], dim=-1))
             newest.copy_(state[..., :r])
-            for j in range(k - 1):  # tap j sees x_(t - (k - 1 - j) d): the newest tap, shifted
-                shift, tap = min(length, (k - 1 - j) * d), rows[..., j * r:(j + 1) * r]
-                tap[:, shift:].copy_(newest[:, :length - shift])
-                tap[:, :shift] = padding
+            for j in range(k - 1):  # tap j sees x_(t - (k - 1 - j) d): the history, then the newest tap shifted
+                shift, tap = (k - 1 - j) * d, rows[..., j * r:(j + 1) * r]
+                before = min(length, shift)
+                tap[:, :before].copy_(history[:, context - shift:context - shift + before])
+                tap[:, before:].copy_(newest[:, :length - before])
             if self.fused:  # GEMM, bias and sigmoid in one oneDNN call (the sigmoid on float32 accumulators)
                 pre = torch.ops.mkldnn._linear_pointwise(rows, w_in, bias, "sigmoid", [], "")
             else:
@@ -150,4 +170,4 @@ class PackedBody:
             state.add_(out32.copy_(out))
         y = state[..., r:].relu_()
         y = torch.relu(y @ self.head[0][0] + self.head[0][1]) @ self.head[1][0] + self.head[1][1]
-        return y.transpose(1, 2)
+        return y.transpose(1, 2), new_cache

@@ -1,10 +1,14 @@
 """The causal WaveNet body shared by the teacher and every student flow.
 
-Two ways to run one network, sharing the layer code:
+Three ways to run one network, sharing the layer code and one cache format:
 
 * `forward(x, c)`: a whole sequence at once (teacher-forced training, scoring, IAF sampling);
+* `stream(x, c, cache)`: the next stretch of a sequence, its past given by the cache (long inputs in
+  pieces, exactly as one whole pass);
 * `step(x_t, c_t, cache)`: one sample, with an explicit per-layer queue of past inputs
   (Fast WaveNet): O(layers) work per sample instead of O(receptive field).
+
+The cache holds, for each layer, the last (k - 1) d inputs of its dilated convolution (zeros before t = 0).
 
 Output t depends on input <= t only; the teacher and the flows shift their input right by one so
 that their parameters at t depend on < t.
@@ -34,9 +38,9 @@ class CausalConv1d(nn.Conv1d):
         super().__init__(in_channels, out_channels, kernel_size, dilation=dilation)
         self.context = (kernel_size - 1) * dilation
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C_in, T) -> (B, C_out, T)."""
-        return super().forward(F.pad(x, (self.context, 0)))
+    def forward(self, x: Tensor, queue: Tensor | None = None) -> Tensor:
+        """(B, C_in, T) -> (B, C_out, T); queue (B, C_in, context): the inputs before x (None: zeros)."""
+        return super().forward(F.pad(x, (self.context, 0)) if queue is None else torch.cat([queue, x], dim=-1))
 
     def step(self, x_t: Tensor, queue: Tensor) -> tuple[Tensor, Tensor]:
         """x_t (B, C_in), queue (B, C_in, context) -> y_t (B, C_out), updated queue."""
@@ -69,8 +73,9 @@ class ResidualBlock(nn.Module):
         out = x if self.residual is None else (x + self.residual(z)) * math.sqrt(0.5)
         return out, self.skip(z)
 
-    def forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        return self._gate(x, self.conv(x), c)
+    def forward(self, x: Tensor, c: Tensor, queue: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x (B, R, T), c (B, n_mels, T), queue (B, R, (k - 1) d) or None -> residual out, skip."""
+        return self._gate(x, self.conv(x, queue), c)
 
     def gemm_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The block as float32 matrices for time-major inference (rows are time steps):
@@ -112,12 +117,21 @@ class CausalWaveNet(nn.Module):
             nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        return self.stream(x, c, None)[0]
+
+    def stream(self, x: Tensor, c: Tensor, cache: Cache | None) -> tuple[Tensor, Cache | None]:
+        """x (B, C_in, T), c (B, cond, T) after the samples `cache` holds (None: the start, and no new
+        cache is made) -> (B, C_out, T) and the cache after x."""
         h = self.input(x)  # (B, R, T)
         skips = 0.0
-        for block in self.blocks:
-            h, s = block(h, c)
+        new_cache = None if cache is None else []
+        for i, block in enumerate(self.blocks):
+            queue = None if cache is None else cache[i]
+            if new_cache is not None:
+                new_cache.append(torch.cat([queue, h], dim=-1)[..., -block.conv.context:])
+            h, s = block(h, c, queue)
             skips = skips + s
-        return self.head(skips * math.sqrt(1.0 / len(self.blocks)))
+        return self.head(skips * math.sqrt(1.0 / len(self.blocks))), new_cache
 
     def head_weights(self) -> list[tuple[Tensor, Tensor]]:
         """The head's two 1x1 convolutions as float32 (in, out) matrices and biases (time-major)."""
