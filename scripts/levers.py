@@ -18,7 +18,7 @@ import torch
 from wavegen.evaluate import speech_like, timed
 from wavegen.nn import compiled
 from wavegen.nn.packed import pack
-from wavegen.vocoder import Vocoder
+from wavegen.vocoder import StudentPath, Vocoder
 
 
 def median_seconds(run, repeats: int = 3) -> float:
@@ -36,14 +36,17 @@ def main() -> None:
     _, mel = speech_like(vocoder, args.seconds)
     z = torch.randn(1, mel.shape[-1] * vocoder.audio.hop_length, generator=torch.Generator().manual_seed(0))
     rows = {}
-    variants = (("fp32 conv1d (reference)", list(vocoder.student.flows), (32, 128)),
-                ("fp32 packed GEMMs", pack(vocoder.student.flows, torch.float32), (32, 128)),
-                ("bf16 packed GEMMs", pack(vocoder.student.flows, torch.bfloat16), (32, 64, 128)))
+    upsampler = vocoder.student.upsampler
+    variants = (("fp32 conv1d (reference)", StudentPath(list(vocoder.student.flows), upsampler), (48, 128)),
+                ("fp32 packed GEMMs", StudentPath(pack(vocoder.student.flows, torch.float32, upsampler.projection()),
+                                                  upsampler.features), (48, 128)),
+                ("bf16 packed GEMMs", StudentPath(pack(vocoder.student.flows, torch.bfloat16, upsampler.projection()),
+                                                  upsampler.features), (16, 32, 48, 64, 128)))
     reference = None
     for threads in (2, 1):
         torch.set_num_threads(threads)
-        for name, bodies, chunks in variants:
-            vocoder._student_bodies = bodies  # the bodies the vocoder's chunked synthesis runs (measurement only)
+        for name, path, chunks in variants:
+            vocoder._student_path = path  # what the vocoder's streamed synthesis runs (measurement only)
             for chunk in chunks:
                 vocoder.chunk_frames = chunk
                 with torch.inference_mode():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ from wavegen.checkpoint import CheckpointError, import_model
 from wavegen.config import AudioConfig, Preset
 from wavegen.models import Student, Teacher
 from wavegen.models.teacher import Progress
-from wavegen.nn.packed import PackedBody, pack
+from wavegen.models.student import Body
+from wavegen.nn.packed import pack
 
 MODELS = ("student", "teacher", "griffin-lim")
 PRECISIONS = ("fp32", "bf16")
@@ -33,6 +35,13 @@ GRIFFIN_LIM_ITERATIONS = 32
 # 0.107, 64 0.089, 128 0.089; fp32 packed 32 0.300, 128 0.252; the fp32 conv1d flows 32 0.633, 128 0.497.
 CHUNK_FRAMES = 48
 UPSAMPLER_CONTEXT = 2  # mel frames the upsampler's transposed convolutions see on either side
+
+
+class StudentPath(NamedTuple):
+    """The student's flow bodies and the conditioning they take from a mel (B, n_mels, F) -> (B, n_mels, T)."""
+
+    bodies: Sequence[Body]
+    upsample: Callable[[Tensor], Tensor]
 
 
 class ModelUnavailable(ValueError):
@@ -80,7 +89,7 @@ class Vocoder:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.chunk_frames = chunk_frames or CHUNK_FRAMES
-        self._student_bodies: list[PackedBody] | None = None
+        self._student_path: StudentPath | None = None
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         self.student = student.to(self.device).eval() if student is not None else None
         self.frontend = MelFrontend(audio)
@@ -145,6 +154,20 @@ class Vocoder:
             wav = self._student_streamed(mel, z.to(self.device))
         return wav.clamp(-1.0, 1.0).float().cpu()
 
+    def student_path(self) -> StudentPath:
+        """What runs the student here: on the CPU, packed GEMM copies of the flows (same maths; bf16 or
+        float32 operands) that fold the upsampler's last 1x1 conv into their conditioning weights; on
+        CUDA, the flows themselves. Built once."""
+        if self._student_path is None:
+            upsampler = self.student.upsampler
+            if self.device.type == "cpu":
+                dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+                self._student_path = StudentPath(pack(self.student.flows, dtype, upsampler.projection()),
+                                                 upsampler.features)
+            else:
+                self._student_path = StudentPath(list(self.student.flows), upsampler)
+        return self._student_path
+
     def _student_streamed(self, mel: Tensor, z: Tensor) -> Tensor:
         """mel (B, n_mels, F), z (B, F * hop) -> x (B, F * hop), `chunk_frames` at a time.
 
@@ -154,16 +177,13 @@ class Vocoder:
         equals one whole-input pass.
         """
         hop, frames = self.audio.hop_length, mel.shape[-1]
-        if self.device.type == "cpu" and self._student_bodies is None:  # GEMM layout; same maths as the flows
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-            self._student_bodies = pack(self.student.flows, dtype)
-        bodies = self._student_bodies
+        bodies, upsample = self.student_path()
         cache = self.student.init_cache(mel.shape[0], z.device)
         out = torch.empty_like(z)
         for start in range(0, frames, self.chunk_frames):
             end = min(frames, start + self.chunk_frames)
             lo, hi = max(0, start - UPSAMPLER_CONTEXT), min(frames, end + UPSAMPLER_CONTEXT)
-            cond = self.student.upsampler(mel[..., lo:hi])[..., (start - lo) * hop:(end - lo) * hop]
+            cond = upsample(mel[..., lo:hi])[..., (start - lo) * hop:(end - lo) * hop]
             out[:, start * hop:end * hop], _, _, cache = self.student.transform(
                 z[:, start * hop:end * hop], cond, bodies, cache)
         return out

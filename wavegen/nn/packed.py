@@ -82,20 +82,26 @@ def fused_linear_available() -> bool:
         torch.ops.mkldnn, "_reorder_linear_weight")
 
 
-def pack(bodies: Sequence[CausalWaveNet], dtype: torch.dtype = torch.bfloat16) -> list[PackedBody]:
-    """Packed copies of bodies run one after another (a student's flows), sharing one workspace."""
+def pack(bodies: Sequence[CausalWaveNet], dtype: torch.dtype = torch.bfloat16,
+         projection: tuple[Tensor, Tensor] | None = None) -> list[PackedBody]:
+    """Packed copies of bodies run one after another (a student's flows), sharing one workspace.
+
+    `projection` (P (n_in, n_mels), p (n_mels,)): the bodies take conditioning u and fold c = u P + p
+    into their weights (`MelUpsampler.features` and `.projection`: one 1x1 conv less per sample).
+    """
     workspace = Workspace()
-    return [PackedBody(body, dtype, workspace) for body in bodies]
+    return [PackedBody(body, dtype, workspace, projection=projection) for body in bodies]
 
 
 class PackedBody:
     """A frozen copy of one body's weights in GEMM layout; call it like the body (inference only).
 
-    Its intermediates live in a `Workspace`, which bodies of one width can share (`pack`).
+    Its intermediates live in a `Workspace`, which bodies of one width can share (`pack`). With a
+    `projection` (P, p) it takes conditioning u instead of c = u P + p (see `pack`).
     """
 
     def __init__(self, body: CausalWaveNet, dtype: torch.dtype = torch.bfloat16, workspace: Workspace | None = None,
-                 fused: bool | None = None):
+                 fused: bool | None = None, projection: tuple[Tensor, Tensor] | None = None):
         self.fused = fused_linear_available() if fused is None else fused
         cfg = body.cfg
         k, g, r = cfg.kernel_size, cfg.gate_channels, cfg.residual_channels
@@ -108,6 +114,8 @@ class PackedBody:
         self.layers = []
         for i, block in enumerate(body.blocks):
             taps, cond, conv_b, out_w, out_b = block.gemm_weights()
+            if projection is not None:  # the conditioning arrives as u with c = u P + p: c W = u (P W) + p W
+                cond, conv_b = projection[0] @ cond, conv_b + projection[1] @ cond
             taps = taps * half**i  # against g_i = h_i / sqrt(1/2)^i
             conv_b = conv_b + carried.repeat(k) @ taps  # the rows hold g - B_i
             w_in = (torch.cat([taps, cond]) * tanh_half).to(dtype)  # (k R + n_mels, 2G)

@@ -172,6 +172,16 @@ class MelUpsampler(nn.Module):
         c = self.net(mel)
         return c[..., : mel.shape[-1] * self.hop]
 
+    def features(self, mel: Tensor) -> Tensor:
+        """(B, n_mels, F) -> (B, n_mels, F * hop) before the final 1x1 conv, for inference copies that
+        fold it into their own conditioning weights (`projection`)."""
+        return self.net[:-1](mel)[..., : mel.shape[-1] * self.hop]
+
+    def projection(self) -> tuple[Tensor, Tensor]:
+        """The final 1x1 conv as float32 (in, out) matrix and bias: forward = features @ matrix + bias."""
+        conv = self.net[-1]
+        return _constant(conv.weight[:, :, 0]).T, _constant(conv.bias)
+
 
 def _constant(weight: Tensor) -> Tensor:
     """A float32 copy of a weight, outside autograd, for the inference packings."""
