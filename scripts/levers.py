@@ -59,8 +59,8 @@ def main() -> None:
                 print(f"{list(rows)[-1]}: RTF {seconds / args.seconds:.4f} (waveform error {error:.1e})", flush=True)
     torch.set_num_threads(2)
     frames = round(args.teacher_seconds * vocoder.audio.sample_rate / vocoder.audio.hop_length)
-    for name, compiled, length in (("PyTorch step", False, max(1, frames // 8)), ("compiled loop", True, frames)):
-        seconds = median_seconds(lambda: vocoder.teacher.generate(mel[..., :length], compiled=compiled), 1)
+    for name, use_loop, length in (("PyTorch step", False, max(1, frames // 8)), ("compiled loop", True, frames)):
+        seconds = median_seconds(lambda: vocoder.teacher.generate(mel[..., :length], compiled=use_loop), 1)
         rows[f"teacher {name}"] = {"samples_per_s": length * vocoder.audio.hop_length / seconds}
         print(f"teacher {name}: {rows[f'teacher {name}']['samples_per_s']:,.0f} samples/s", flush=True)
     student = vocoder.student

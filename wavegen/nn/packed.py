@@ -1,24 +1,29 @@
-"""The body's parallel pass for inference, as large GEMMs in bfloat16.
+"""The body's parallel pass for inference, as large GEMMs in bfloat16 (or float32).
 
 `CausalWaveNet.forward` is the reference (channel-major conv1d in float32, what training runs). On
 CPUs with bf16 matrix units, a bf16 `conv1d` is not faster, while a bf16 matmul is several times
 faster than float32 (measured on this machine: ~800 vs ~200 GFLOP/s at the student's sizes). So here
-each layer is one matmul over time-major rows [x_(t-(k-1)d), ..., x_(t-d), x_t, c_t, 1] (B, T, k R + n_mels + 1)
-against the stacked conv, conditioning and bias weights, then one matmul for the residual and skip 1x1s.
+each layer is one linear over time-major rows [x_(t-(k-1)d), ..., x_(t-d), x_t, c_t] (B, T, k R + n_mels)
+against the stacked conv and conditioning weights, then one matmul for the residual and skip 1x1s.
 Only the GEMM operands are bf16: the residual stream, the skip sum and the head run in float32. Tests
-bound the difference from the reference.
+bound the difference from the reference. `stream` continues a sequence from the reference's cache
+format, so a long input runs chunk by chunk with nothing recomputed.
 
-The GEMMs are most of the work, so every elementwise pass that can be folded into a weight is:
+The GEMMs are most of the work, so every elementwise pass that can be folded away is:
 
-* the conv bias is the weight row of a constant-1 column of the rows;
-* tanh(a) = 2 sigmoid(2a) - 1, so one sigmoid covers all 2G gate channels, and tanh(a) sigmoid(b) =
-  2 s_a s_b - s_b, so the output GEMM takes [s_a s_b, s_b] against [2 W; -W];
-* the output bias rides on one more gate column whose pre-activation is a constant 30 (sigmoid: 1.0);
+* the first GEMM, its bias and the gate's sigmoid are one oneDNN call (`mkldnn._linear_pointwise`,
+  weights reordered once; matmul + sigmoid where torch lacks it): tanh(a) = 2 sigmoid(2a) - 1, so
+  one sigmoid covers all 2G gate channels, and tanh(a) sigmoid(b) = 2 s_a s_b - s_b, so the output
+  GEMM takes [s_a s_b, s_b] against [2 W; -W];
 * the residual scale: with g_l = h_l / sqrt(1/2)^l the update h_(l+1) = (h_l + res_l) sqrt(1/2) becomes
   g_(l+1) = g_l + res_l / sqrt(1/2)^l, so sqrt(1/2)^l goes into layer l's tap weights and its inverse
   into its residual weights; the skip scale goes into the head;
+* the output biases: the rows hold g - B_l, where B_l sums the residual biases of the layers before
+  l, so W B_l joins layer l's conv bias (and the causal padding is -B_l instead of 0); the skip
+  biases start the skip sum;
 * g and the skip sum sit side by side in one float32 buffer, so one add takes a layer's whole output;
-* the k taps are one conversion of g into the newest tap's columns and k - 1 shifted copies of it.
+* the k taps are one conversion of g into the newest tap's columns and k - 1 shifted copies of it;
+* optionally the upsampler's last 1x1 conv (`pack(..., projection)`).
 """
 
 from __future__ import annotations
