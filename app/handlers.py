@@ -38,7 +38,7 @@ class Limits:
     """The longest input, in seconds, each model accepts: the sequential teacher far less."""
 
     max_seconds: float = 30.0
-    teacher_max_seconds: float = 10.0  # the compiled loop: ~25k samples/s here, so <= ~7 s of waiting
+    teacher_max_seconds: float = 10.0  # the compiled loop: ~40k samples/s here, so <= ~4 s of waiting
 
     def seconds_for(self, model: str) -> float:
         return self.teacher_max_seconds if model == "teacher" else self.max_seconds

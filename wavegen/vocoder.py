@@ -30,9 +30,10 @@ MODELS = ("student", "teacher", "griffin-lim")
 PRECISIONS = ("fp32", "bf16")
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 GRIFFIN_LIM_ITERATIONS = 32
-# Student chunk length. On the CPU the student runs as packed GEMMs (`wavegen.nn.packed`), which prefer long
-# chunks; measured RTF of the default student on 5 s, 2 threads, one run (scripts/levers.py): bf16 32 frames
-# 0.107, 64 0.089, 128 0.089; fp32 packed 32 0.300, 128 0.252; the fp32 conv1d flows 32 0.633, 128 0.497.
+# Student chunk length. The flows stream from chunk to chunk with nothing recomputed, so shorter chunks
+# only add calls, while longer ones push the packed pass's buffers out of cache; measured RTF of the default
+# student on 5 s, 2 threads, one run (scripts/levers.py): bf16 16 frames 0.071, 32 0.065, 48 0.065,
+# 64 0.067, 128 0.077; fp32 packed 48 0.139, 128 0.161; the fp32 conv1d flows 48 0.248, 128 0.283.
 CHUNK_FRAMES = 48
 UPSAMPLER_CONTEXT = 2  # mel frames the upsampler's transposed convolutions see on either side
 
