@@ -134,6 +134,19 @@ def test_bf16_student_stays_close_to_the_fp32_reference(tiny_checkpoint, vocoder
         Vocoder.load(tiny_checkpoint, device="cpu", precision="fp8")
 
 
+def test_concurrent_student_calls_do_not_share_buffers_mid_call(vocoder, tiny):
+    from concurrent.futures import ThreadPoolExecutor
+
+    mels = [vocoder.mel(torch.sin(torch.arange(n * tiny.audio.hop_length) * f)) for n, f in ((41, 0.05), (23, 0.11))]
+    zs = [torch.randn(1, m.shape[-1] * tiny.audio.hop_length, generator=torch.Generator().manual_seed(i))
+          for i, m in enumerate(mels)]
+    alone = [vocoder.synthesize(m, "student", z=z) for m, z in zip(mels, zs)]
+    with ThreadPoolExecutor(2) as pool:  # as the app's queue (two at a time) would call it
+        together = list(pool.map(lambda i: vocoder.synthesize(mels[i % 2], "student", z=zs[i % 2]), range(8)))
+    for i, out in enumerate(together):
+        torch.testing.assert_close(out, alone[i % 2], atol=0, rtol=0)
+
+
 def test_many_inputs_are_batched_and_cut_back(vocoder, tiny):
     mels = [torch.full((tiny.audio.n_mels, n), -6.0) for n in (3, 7, 2, 5)]
     wavs = vocoder.synthesize_many(mels, "griffin-lim", batch_size=3)

@@ -10,6 +10,7 @@ Inference never imports the training code.
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -91,6 +92,7 @@ class Vocoder:
         self.precision = resolve_precision(precision, self.device)
         self.chunk_frames = chunk_frames or CHUNK_FRAMES
         self._student_path: StudentPath | None = None
+        self._student_lock = threading.Lock()  # the packed bodies' workspace serves one call at a time
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         self.student = student.to(self.device).eval() if student is not None else None
         self.frontend = MelFrontend(audio)
@@ -152,7 +154,8 @@ class Vocoder:
             if z is None:
                 shape = (mel.shape[0], mel.shape[-1] * self.audio.hop_length)
                 z = temperature * torch.randn(shape, generator=generator, device=self.device)
-            wav = self._student_streamed(mel, z.to(self.device))
+            with self._student_lock:  # concurrent callers (the app's queue runs two) take turns
+                wav = self._student_streamed(mel, z.to(self.device))
         return wav.clamp(-1.0, 1.0).float().cpu()
 
     def student_path(self) -> StudentPath:
