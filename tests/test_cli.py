@@ -154,3 +154,32 @@ def test_app_command_serves_the_checkpoint(tmp_path, tiny_checkpoint, tiny):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_keep_flows_script_cuts_a_student_to_its_first_flows(tiny_checkpoint, tiny, tmp_path, monkeypatch):
+    import sys
+
+    import torch
+    import yaml
+
+    from scripts import keep_flows
+    from wavegen.checkpoint import import_model
+    from wavegen.config import dump_preset
+
+    lean = yaml.safe_load(dump_preset(tiny))
+    lean["student"]["layers"] = list(tiny.student.layers[:1])
+    (tmp_path / "lean.yaml").write_text(yaml.safe_dump(lean))
+    out = tmp_path / "lean.safetensors"
+    source = tiny_checkpoint / "student.safetensors"
+    monkeypatch.setattr(sys, "argv", ["keep_flows", str(source), str(out), "--preset", str(tmp_path / "lean.yaml")])
+    keep_flows.main()
+    cut, preset = import_model(out, "student")
+    full, _ = import_model(source, "student")
+    assert preset.student.n_flows == 1 and len(cut.flows) == 1
+    for name, value in cut.state_dict().items():  # the upsampler and the first flow, unchanged
+        assert torch.equal(value, full.state_dict()[name])
+    lean["student"]["residual_channels"] = 4  # not a cut of the source: refused
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(lean))
+    monkeypatch.setattr(sys, "argv", ["keep_flows", str(source), str(out), "--preset", str(tmp_path / "other.yaml")])
+    with pytest.raises(ValueError, match="first 1 flows"):
+        keep_flows.main()
