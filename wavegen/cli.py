@@ -22,7 +22,7 @@ from wavegen.config import ConfigError, load_preset, preset_names
 from wavegen.corpus import RecipeError
 from wavegen.data import CorpusError
 from wavegen.export import ExportError
-from wavegen.vocoder import ModelUnavailable
+from wavegen.vocoder import PRECISIONS, ModelUnavailable
 
 USER_ERRORS = (AudioError, MelError, CorpusError, CheckpointError, ConfigError, RecipeError, ExportError,
                ModelUnavailable, FileExistsError)
@@ -246,6 +246,11 @@ def _with_overrides(preset, section: str, args: argparse.Namespace):
     return dataclasses.replace(preset, **{section: dataclasses.replace(getattr(preset, section), **changes)})
 
 
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
+                   help="the student's arithmetic: bf16 GEMMs (auto on CPUs with native bf16) or the fp32 reference")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wavegen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -298,8 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="the student's arithmetic: bf16 GEMMs (auto on CPUs with native bf16) or the fp32 reference")
+    _add_precision(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_vocode)
 
@@ -313,8 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-audio", type=Path, default=None, metavar="DIR",
                    help="also write every resynthesis there (<folder>__<folder>__<stem>__<model>.wav)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="the student's arithmetic: bf16 GEMMs (auto on CPUs with native bf16) or the fp32 reference")
+    _add_precision(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_eval)
 
@@ -326,8 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="synthesise this many copies of the mel at once")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="the student's arithmetic: bf16 GEMMs (auto on CPUs with native bf16) or the fp32 reference")
+    _add_precision(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_bench)
 

@@ -49,30 +49,22 @@ class Student(nn.Module):
             for k in range(cfg.n_flows)
         )
 
-    @property
-    def receptive_field(self) -> int:
-        """Samples of z before t that x_t depends on, through all flows (each shifts by one)."""
-        return sum(self.cfg.flow(k).receptive_field for k in range(self.cfg.n_flows))
-
     def _affine(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 2, ...) -> mu, log_sigma (B, ...), log_sigma clamped below for stability."""
         mu, log_sigma = params.unbind(dim=1)
         return mu, torch.clamp(log_sigma, min=self.cfg.log_scale_min)
 
     def sample(self, mel: Tensor, z: Tensor | None = None, temperature: float = 1.0,
-               generator: torch.Generator | None = None,
-               bodies: Sequence[Body] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """mel (B, n_mels, F) -> x, mu_tot, log_sigma_tot, each (B, F * hop). K parallel passes.
 
         z (B, F * hop) defaults to temperature * N(0, I). x = z * exp(log_sigma_tot) + mu_tot exactly.
-        `bodies` replace the flows' forward passes ((B, 1, T), (B, n_mels, T) -> (B, 2, T)), e.g. the
-        bf16 inference copies of `wavegen.nn.packed`; by default the flows themselves run.
         """
         cond = self.upsampler(mel)  # (B, n_mels, T)
         if z is None:
             z = temperature * torch.randn(cond.shape[0], cond.shape[2], generator=generator,
                                           device=cond.device, dtype=cond.dtype)
-        return self.transform(z, cond, bodies)[:3]
+        return self.transform(z, cond)[:3]
 
     def init_cache(self, batch: int, device: torch.device | str = "cpu") -> FlowCache:
         """The state before the first sample: per flow, its last input (zero: the shift right) and its
@@ -83,6 +75,9 @@ class Student(nn.Module):
     def transform(self, z: Tensor, cond: Tensor, bodies: Sequence[Body] | None = None,
                   cache: FlowCache | None = None) -> tuple[Tensor, Tensor, Tensor, FlowCache | None]:
         """z (B, T), upsampled cond (B, n_mels, T) -> x, mu_tot, log_sigma_tot (B, T) and the cache after z.
+
+        `bodies` replace the flows (e.g. the bf16 inference copies of `wavegen.nn.packed`, which may
+        take other conditioning: `Vocoder.student_path`); by default the flows themselves run.
 
         With `cache` (from `init_cache`, then from the previous call), consecutive pieces of z give
         exactly what one call on the whole would: each flow sees its own past through the cache (the

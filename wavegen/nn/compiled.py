@@ -18,8 +18,8 @@ one (x_t = mu + T sigma eps_t), the student's inverse is its flows from the last
 stages of about equal layers that run as a pipeline on separate cores: stage s handles samples
 [i span, (i + 1) span) while stage s - 1 already handles the next span; every body depends only on
 its own past and on the stage before, so the result is the same as running the stack sample by sample.
-The state (ring buffers, last inputs, time) is explicit, so a long utterance runs block by block with
-bounded memory. Tests check it against the PyTorch step and the naive generator.
+The state (ring buffers, last inputs, time) is explicit, and the conditioning is projected span by span,
+so a long utterance runs with bounded memory. Tests check it against the PyTorch step and the naive generator.
 """
 
 from __future__ import annotations

@@ -36,16 +36,12 @@ from torch import Tensor
 
 from wavegen.nn.wavenet import Cache, CausalWaveNet
 
-GATE_PAD = 8  # gate columns: 2G, then a constant-1 column and zeros up to a multiple of this
-ONE = 30.0  # pre-activation of the constant gate column: sigmoid(30) rounds to 1.0 in float32 and bf16
-
-
 class Workspace:
     """The buffers of a packed pass, reused across layers, calls and the bodies that share it (fresh
     multi-MB tensors each op cost page faults that outweighed the GEMMs), updated in place.
 
     The conditioning columns of the rows are the same for every layer and every body of a student:
-    they are copied once per conditioning tensor, recognised by identity (`Student.sample` hands the
+    they are copied once per conditioning tensor, recognised by identity (`Student.transform` hands the
     same upsampled tensor to every flow; inference tensors carry no version counter, so a caller must
     not modify a conditioning tensor in place between calls).
     """
@@ -60,10 +56,12 @@ class Workspace:
         """Contiguous (B, T, columns) views for this call; memory is reallocated only to grow (the
         vocoder's chunks differ in length: the first and last are shorter)."""
         k, r, outs = body.kernel_size, body.residual, body.layers[0][2].shape[1]
-        shapes = {"rows": (length, k * r + n_mels, body.dtype), "pre": (length, body.gates, body.dtype),
+        shapes = {"rows": (length, k * r + n_mels, body.dtype),
                   "out": (length, outs, body.dtype), "out32": (length, outs, torch.float32),
                   "state": (length, outs, torch.float32),  # [g - B, skip sum]
                   "history": (body.margin, r, body.dtype)}  # a layer's inputs before this call
+        if not body.fused:  # the fused linear returns its own gate tensor
+            shapes["pre"] = (length, body.gates, body.dtype)
         shape = (batch, tuple(shapes.items()))
         if shape != self.shape:
             self.shape, self.cond = shape, None
@@ -129,7 +127,8 @@ class PackedBody:
                 w_in = torch.ops.mkldnn._reorder_linear_weight(w_in.T.contiguous(), None)
             w_out = torch.cat([2.0 * out_w, -out_w])  # (2G, R + S) against [s_a s_b, s_b]
             w_out[:, :r] /= half**i
-            self.layers.append((w_in, bias, w_out.to(dtype), carried, half**i))
+            padding = (-carried).to(dtype)  # h = 0 before t = 0 (the causal left padding): g - B_i = -B_i
+            self.layers.append((w_in, bias, w_out.to(dtype), carried, padding, half**i))
             carried = carried + out_b[:r] / half**i
             skip_bias += out_b[r:]
         self.input_w = body.input.weight[:, 0, 0].detach().float().clone()
@@ -152,16 +151,16 @@ class PackedBody:
     def _run(self, x: Tensor, cond: Tensor, cache: Cache | None) -> tuple[Tensor, Cache | None]:
         (batch, n_mels, length), k, r, g = cond.shape, self.kernel_size, self.residual, self.gates // 2
         space = self.workspace.get(self, batch, length, n_mels)
-        rows, pre, out, out32, state = (space[n] for n in ("rows", "pre", "out", "out32", "state"))
+        rows, out, out32, state = (space[n] for n in ("rows", "out", "out32", "state"))
         self.workspace.put_conditioning(cond, slice(k * r, None))  # shared by every layer
         torch.mul(x.transpose(1, 2), self.input_w, out=state[..., :r]).add_(self.input_b)  # g_0 = h_0
         state[..., r:] = self.skip_bias
         newest = rows[..., (k - 1) * r:k * r]
         new_cache = None if cache is None else []
-        for i, ((w_in, bias, w_out, carried, scale), d) in enumerate(zip(self.layers, self.dilations)):
+        for i, ((w_in, bias, w_out, carried, padding, scale), d) in enumerate(zip(self.layers, self.dilations)):
             context = (k - 1) * d
-            if cache is None:  # h = 0 before t = 0 (the causal left padding): g - B_i = -B_i
-                history = (-carried).to(self.dtype).expand(batch, context, r)
+            if cache is None:
+                history = padding.expand(batch, context, r)
             else:  # the true inputs h in the cache, as g - B_i; the new cache from this call's tail
                 history = space["history"][:, :context]
                 history.copy_(cache[i].transpose(1, 2) / scale - carried)
@@ -177,7 +176,7 @@ class PackedBody:
             if self.fused:  # GEMM, bias and sigmoid in one oneDNN call (the sigmoid on float32 accumulators)
                 pre = torch.ops.mkldnn._linear_pointwise(rows, w_in, bias, "sigmoid", [], "")
             else:
-                torch.matmul(rows, w_in, out=pre).add_(bias).sigmoid_()
+                pre = torch.matmul(rows, w_in, out=space["pre"]).add_(bias).sigmoid_()
             pre[..., :g].mul_(pre[..., g:])
             torch.matmul(pre, w_out, out=out)
             state.add_(out32.copy_(out))

@@ -127,8 +127,9 @@ class CausalWaveNet(nn.Module):
         new_cache = None if cache is None else []
         for i, block in enumerate(self.blocks):
             queue = None if cache is None else cache[i]
-            if new_cache is not None:
-                new_cache.append(torch.cat([queue, h], dim=-1)[..., -block.conv.context:])
+            if new_cache is not None:  # the last `context` inputs: from h alone unless x is shorter
+                context, length = block.conv.context, h.shape[-1]
+                new_cache.append(h[..., -context:] if length >= context else torch.cat([queue[..., length:], h], -1))
             h, s = block(h, c, queue)
             skips = skips + s
         return self.head(skips * math.sqrt(1.0 / len(self.blocks))), new_cache
