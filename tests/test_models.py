@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -140,6 +141,48 @@ def test_pipelined_stack_equals_one_stage_and_the_pytorch_flows(tiny, monkeypatc
     torch.testing.assert_close(results[1, 1][0], x, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(results[1, 1][1], log_det, atol=1e-4, rtol=0)
     torch.testing.assert_close(results[2, 2][0][:1], x, atol=1e-4, rtol=1e-4)  # other spans, same result
+
+
+@pytest.mark.parametrize("depths,threads,batch", [((8,), 2, 1), ((8, 8, 8), 2, 1), ((2, 3, 4), 3, 1), ((4, 4), 2, 2),
+                                                   ((3,), 1, 1), ((2, 5), 4, 3)])
+def test_plan_runs_every_stage_once_and_projects_every_column_once(tiny, depths, threads, batch):
+    from wavegen.nn import compiled
+
+    bodies = [CausalWaveNet(dataclasses.replace(tiny.teacher, layers=n), 1, 2) for n in depths]
+    loop = compiled.CompiledLoop(bodies, log_scale_min=-7.0, threads=threads)
+    stages = loop.stages(batch)
+    items, pieces = loop.plan(batch, stages)
+    assert items.shape[0] <= threads  # one parallel iteration per worker, never more workers than threads
+    runs = sorted(int(i) for i in items.ravel() if i >= 0)
+    assert runs == list(range((len(stages) - 1) * batch))
+    covered = np.zeros((batch, loop.cond_w.shape[1]), int)
+    for b, c0, c1 in pieces.reshape(-1, 3):
+        if b >= 0:
+            covered[b, c0:c1] += 1
+    assert (covered == 1).all()
+    if batch == 1 and threads > len(stages) - 1:  # an idle core: the stages' workers project nothing
+        busy = {w for w in range(items.shape[0]) if (items[w] >= 0).any()}
+        heaviest = max(busy, key=lambda w: sum(loop.bounds[stages[i + 1]] - loop.bounds[stages[i]]
+                                                for i in items[w] if i >= 0))
+        assert (pieces[heaviest, :, 0] < 0).all()
+
+
+def test_projection_kernel_and_vectorised_exp():
+    from wavegen.nn import compiled
+
+    rng = np.random.default_rng(0)
+    features, weight = rng.standard_normal((13, 40)).astype(np.float32), rng.standard_normal((13, 24)).astype(np.float32)
+    for lo, hi, c0, c1 in ((0, 7, 0, 24), (5, 6, 8, 16), (10, 40, 3, 21)):  # odd and even counts, a lone step
+        out = np.full((31, 24), np.nan, np.float32)
+        compiled._project(features, weight, out, lo, hi, c0, c1)
+        np.testing.assert_allclose(out[:hi - lo, c0:c1], features[:, lo:hi].T @ weight[:, c0:c1], rtol=1e-5, atol=1e-5)
+        assert np.isnan(out[hi - lo:-1]).all() and np.isnan(out[:, :c0]).all()  # nothing else written
+    x = np.concatenate([np.linspace(-90, 90, 1001), [0.0, -1e-8, 1e-8]]).astype(np.float32)
+    e, n = np.empty_like(x), np.empty(x.shape, np.int32)
+    compiled._exp_into(x, e, n)
+    np.testing.assert_allclose(e, np.exp(np.clip(x, -80, 80).astype(np.float64)), rtol=1e-5)
+    shifted = compiled.aligned(np.arange(10, dtype=np.float32)[1:])
+    assert shifted.ctypes.data % compiled.CACHE_LINE == 0 and (shifted == np.arange(1, 10)).all()
 
 
 def test_streamed_pieces_equal_one_pass_and_share_the_step_cache(tiny):
