@@ -171,7 +171,8 @@ def test_projection_kernel_and_vectorised_exp():
     from wavegen.nn import compiled
 
     rng = np.random.default_rng(0)
-    features, weight = rng.standard_normal((13, 40)).astype(np.float32), rng.standard_normal((13, 24)).astype(np.float32)
+    features = rng.standard_normal((13, 40)).astype(np.float32)
+    weight = rng.standard_normal((13, 24)).astype(np.float32)
     for lo, hi, c0, c1 in ((0, 7, 0, 24), (5, 6, 8, 16), (10, 40, 3, 21)):  # odd and even counts, a lone step
         out = np.full((31, 24), np.nan, np.float32)
         compiled._project(features, weight, out, lo, hi, c0, c1)
