@@ -108,8 +108,18 @@ class CompiledLoop:
         self.out_w = aligned(np.stack([array(w) for w in out_w]))  # (layers, G, R + S)
         self.out_b = aligned(np.stack([array(b) for b in out_b]))
         self.cond_w = aligned(array(torch.cat(cond, 1)))  # (n_mels, layers * 2G)
-        self.in_w = aligned(np.stack([array(body.input.weight[:, 0, 0]) for body in bodies]))  # (n_bodies, R)
-        self.in_b = aligned(np.stack([array(body.input.bias) for body in bodies]))
+        in_w = np.stack([array(body.input.weight[:, 0, 0]) for body in bodies])  # (n_bodies, R)
+        in_b = np.stack([array(body.input.bias) for body in bodies])
+        self.inputs = aligned(np.stack([in_w, in_b], 1))  # (n_bodies, 2, R): the input 1x1's weight and bias
+        # A body's first layer sees h_0 = in_w x + in_b, an affine map of one scalar: its taps fold into
+        # per-tap vectors, x_j (in_w W_j) + in_b W_j, instead of a (k R, 2G) product (`_body_step`)
+        k, r = bodies[0].cfg.kernel_size, bodies[0].cfg.residual_channels
+        if r < 2:
+            raise ValueError("the compiled loop keeps (x, real) in the first layer's ring rows: needs R >= 2")
+        first = self.conv_w[np.cumsum([0] + [len(body.blocks) for body in bodies])[:-1]]  # (n_bodies, k R, 2G)
+        taps_by_channel = first.reshape(len(bodies), k, r, -1)
+        self.in_taps = aligned(np.stack([np.einsum("fi,fkic->fkc", in_w, taps_by_channel),  # (n_bodies, k, 2, 2G)
+                                         np.einsum("fi,fkic->fkc", in_b, taps_by_channel)], 2))
         heads = [body.head_weights() for body in bodies]
         self.h1_w, self.h1_b, self.h2_w, self.h2_b = (aligned(np.stack([array(head[i][j]) for head in heads]))
                                                       for i in (0, 1) for j in (0, 1))
@@ -210,8 +220,8 @@ class CompiledLoop:
         values = np.ascontiguousarray(values.float().numpy())
         for tick in range(spans + n_stages - 1):
             _tick(mode, float(temperature), self.log_scale_min, tick, span, items, pieces, features, self.cond_w,
-                  projected, values, stages, self.bounds, self.in_w, self.in_b, self.conv_w, self.conv_b, self.out_w,
-                  self.out_b, self.h1_w, self.h1_b, self.h2_w, self.h2_b, self.dilations, self.offsets,
+                  projected, values, stages, self.bounds, self.inputs, self.in_taps, self.conv_w, self.conv_b,
+                  self.out_w, self.out_b, self.h1_w, self.h1_b, self.h2_w, self.h2_b, self.dilations, self.offsets,
                   self.kernel_size, state.rings, state.previous, state.time, handed, out, log_sigma)
             if progress is not None and tick >= n_stages - 1:
                 progress(min(length, (tick - n_stages + 2) * span), length)
@@ -256,36 +266,54 @@ def _matvec_add_py(v, w, out):  # pragma: no cover - compiled below
             out[c] += vi * w[i, c]
 
 
-def _body_step_py(f, x_in, conditioning, row, bounds, in_w, in_b, conv_w, conv_b, out_w, out_b, h1_w, h1_b, h2_w,
-                  h2_b, dilations, offsets, k, rings, now, window, h, a, x, e, n, z, o, skips,
+def _body_step_py(f, x_in, conditioning, row, bounds, inputs, in_taps, conv_w, conv_b, out_w, out_b,
+                  h1_w, h1_b, h2_w, h2_b, dilations, offsets, k, rings, now, window, h, a, x, e, n, z, o, skips,
                   hidden):  # pragma: no cover - compiled below
     """Body f, one sample: its input x_in and row `row` of the projected conditioning -> (mu, log_sigma)
-    before clamping; rings (slots, R) of this batch row advance. Plain index loops throughout: no
-    temporaries and no views, which cost an allocation or reference counting per layer and sample."""
+    before clamping; rings (slots, R) of this batch row advance. Index loops, no array expressions: a
+    temporary array would be an allocation per layer and sample.
+
+    The first layer's input is h_0 = in_w x + in_b, so its ring keeps the scalar x and a 1 marking a
+    real (not padded) step in each slot's first two entries, and its taps are k scalar-vector products
+    with the folded `in_taps` (n_bodies, k, 2, 2G: in_w W_j and in_b W_j) instead of a (k R, 2G)
+    product; a padded tap (ring still zero) adds nothing, like the parallel pass's zero padding."""
     r, g = h.shape[0], z.shape[0]
     s = hidden.shape[0]
     first, last = bounds[f], bounds[f + 1]
     half = np.float32(math.sqrt(0.5))
     for i in range(r):
-        h[i] = in_w[f, i] * x_in + in_b[f, i]
+        h[i] = inputs[f, 0, i] * x_in + inputs[f, 1, i]
     for i in range(s):
         skips[i] = 0.0
     for layer in range(first, last):
         d = dilations[layer]
         context = (k - 1) * d
         base = offsets[layer]
-        for j in range(k - 1):
-            slot = base + (now - (k - 1 - j) * d) % context
-            for i in range(r):
-                window[j * r + i] = rings[slot, i]
-        slot = base + now % context  # the oldest slot, read above
-        for i in range(r):
-            window[(k - 1) * r + i] = h[i]
-            rings[slot, i] = h[i]
         column = layer * 2 * g
-        for c in range(2 * g):
-            a[c] = conv_b[layer, c] + conditioning[row, column + c]
-        _matvec_add(window, conv_w[layer], a)
+        if layer == first:
+            for c in range(2 * g):
+                a[c] = conv_b[layer, c] + conditioning[row, column + c] + (
+                    x_in * in_taps[f, k - 1, 0, c] + in_taps[f, k - 1, 1, c])
+            for j in range(k - 1):
+                slot = base + (now - (k - 1 - j) * d) % context
+                past, real = rings[slot, 0], rings[slot, 1]
+                for c in range(2 * g):
+                    a[c] += real * (past * in_taps[f, j, 0, c] + in_taps[f, j, 1, c])
+            slot = base + now % context  # the oldest slot, read above
+            rings[slot, 0] = x_in
+            rings[slot, 1] = 1.0
+        else:
+            for j in range(k - 1):
+                slot = base + (now - (k - 1 - j) * d) % context
+                for i in range(r):
+                    window[j * r + i] = rings[slot, i]
+            slot = base + now % context  # the oldest slot, read above
+            for i in range(r):
+                window[(k - 1) * r + i] = h[i]
+                rings[slot, i] = h[i]
+            for c in range(2 * g):
+                a[c] = conv_b[layer, c] + conditioning[row, column + c]
+            _matvec_add(window, conv_w[layer], a)
         # tanh(a) = 2 / (1 + exp(-2a)) - 1 and sigmoid(b) = 1 / (1 + exp(-b)) from one vectorised exp
         for c in range(g):
             x[c] = np.float32(-2.0) * a[c]
@@ -356,7 +384,7 @@ def _project_py(features, weight, out, lo, hi, c0, c1):  # pragma: no cover - co
 def _scratch_py(window, r, gates2, s):  # pragma: no cover - compiled below
     """A worker's step buffers (window, h, a, x, e, n, z, o, skips, hidden) carved from one block, each
     on its own cache lines with a line to spare at both ends: buffers that two cores write every sample
-    must not share a line (small separate allocations of two threads did, and cost the pipeline ~15 %)."""
+    must not share a line, which small separate allocations of two threads can."""
     line = 16  # float32 per 64-byte line
     sizes = (window, r, gates2, gates2, gates2, gates2, gates2 // 2, r + s, s, s)
     starts = np.empty(len(sizes) + 1, np.int64)
@@ -372,8 +400,8 @@ def _scratch_py(window, r, gates2, s):  # pragma: no cover - compiled below
 
 
 def _tick_py(mode, temperature, log_scale_min, tick, span, items, pieces, features, cond_w, projected, values, stages,
-             bounds, in_w, in_b, conv_w, conv_b, out_w, out_b, h1_w, h1_b, h2_w, h2_b, dilations, offsets, k, rings,
-             previous, t0, handed, out, log_sigma):  # pragma: no cover - compiled below
+             bounds, inputs, in_taps, conv_w, conv_b, out_w, out_b, h1_w, h1_b, h2_w, h2_b, dilations, offsets, k,
+             rings, previous, t0, handed, out, log_sigma):  # pragma: no cover - compiled below
     """One tick of the pipeline of len(stages) - 1 stages (shapes as in `CompiledLoop.run`), one
     parallel iteration per worker of `CompiledLoop.plan`.
 
@@ -384,7 +412,7 @@ def _tick_py(mode, temperature, log_scale_min, tick, span, items, pieces, featur
     """
     batch, length = values.shape
     n_stages = stages.shape[0] - 1
-    r, gates2 = in_w.shape[1], conv_w.shape[2]
+    r, gates2 = inputs.shape[2], conv_w.shape[2]
     s = h1_w.shape[1]
     for worker in numba.prange(items.shape[0]):
         for item in items[worker]:
@@ -399,13 +427,14 @@ def _tick_py(mode, temperature, log_scale_min, tick, span, items, pieces, featur
             source = values if stage == 0 else handed[stage - 1]
             target = out if stage == n_stages - 1 else handed[stage]
             last = previous[:, b].copy()  # written per sample: a private copy (the stages share previous's line)
+            ring = rings[b]
             for t in range(start, min(length, start + span)):
                 value = source[b, t]
                 total = np.float32(0.0)
                 for f in range(stages[stage], stages[stage + 1]):
-                    mu, ls = _body_step(f, last[f], conditioning, t - start, bounds, in_w, in_b, conv_w,
-                                        conv_b, out_w, out_b, h1_w, h1_b, h2_w, h2_b, dilations, offsets, k, rings[b],
-                                        t0 + t, window, h, a, x, e, n, z, o, skips, hidden)
+                    mu, ls = _body_step(f, last[f], conditioning, t - start, bounds, inputs, in_taps,
+                                        conv_w, conv_b, out_w, out_b, h1_w, h1_b, h2_w, h2_b, dilations, offsets, k,
+                                        ring, t0 + t, window, h, a, x, e, n, z, o, skips, hidden)
                     ls = max(ls, log_scale_min)
                     if mode == GENERATE:  # float32 between bodies, whichever stage runs the next one
                         value = np.float32(min(1.0, max(-1.0, mu + temperature * math.exp(ls) * value)))
