@@ -89,6 +89,7 @@ def test_compiled_loop_equals_the_pytorch_step_in_both_modes(tiny, kernel):
     body = randomise(CausalWaveNet(cfg, in_channels=1, out_channels=2), 0.2).eval()
     cond, values = torch.randn(2, cfg.n_mels, 300), torch.randn(2, 300)
     assert compiled.available(body, values) and not compiled.available(body, values.double())
+    assert not compiled.available(CausalWaveNet(dataclasses.replace(cfg, residual_channels=1), 1, 2), values)
     loop = compiled.CompiledLoop(body, log_scale_min=-7.0)
     for mode in (compiled.GENERATE, compiled.INVERT):
         state = loop.init_state(2)  # two calls share the explicit state: a block boundary at 120

@@ -53,10 +53,11 @@ PROJECTION_COST = 0.2
 
 def available(bodies: CausalWaveNet | Sequence[CausalWaveNet], like: Tensor) -> bool:
     """Whether `bodies` can run compiled on tensors like `like`: numba present, float32 on the CPU,
-    Gaussian heads (mu, log_sigma). Anything else (CUDA, float64 tests, MoL) uses the PyTorch step."""
+    Gaussian heads (mu, log_sigma), at least 2 residual channels (the first layer's ring keeps two
+    scalars per slot). Anything else (CUDA, float64 tests, MoL) uses the PyTorch step."""
     bodies = [bodies] if isinstance(bodies, CausalWaveNet) else bodies
     return (numba is not None and like.device.type == "cpu" and like.dtype == torch.float32
-            and all(body.head[-1].out_channels == 2 for body in bodies))
+            and all(body.head[-1].out_channels == 2 and body.cfg.residual_channels >= 2 for body in bodies))
 
 
 def aligned(a: np.ndarray) -> np.ndarray:
