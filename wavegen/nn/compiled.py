@@ -75,7 +75,8 @@ def aligned(a: np.ndarray) -> np.ndarray:
 
 @dataclass
 class LoopState:
-    """The explicit cache of a compiled loop: ring buffers (B, slots, R) of every layer of every body,
+    """The explicit cache of a compiled loop: ring buffers (B, slots, R) of every layer of every body
+    (a body's first layer keeps only its scalar input and a real-step mark per slot: `_body_step`),
     each body's last input (n_bodies, B), and the time."""
 
     rings: np.ndarray
@@ -173,13 +174,14 @@ class CompiledLoop:
         for _ in range(batch * self.bounds[-1]):
             w = int(np.argmin(loads + (counts + 1) * PROJECTION_COST))
             counts[w] += 1
-        width = self.cond_w.shape[1] // self.bounds[-1]
-        pieces, unit = [[] for _ in range(workers)], 0
+        layers_total, width = self.bounds[-1], self.cond_w.shape[1] // self.bounds[-1]
+        ends = np.cumsum(counts)  # worker w projects units [ends[w] - counts[w], ends[w]) of (row, layer)
+        pieces = [[] for _ in range(workers)]
         for w in range(workers):
-            for b in range(unit // self.bounds[-1], -(-(unit + counts[w]) // self.bounds[-1])):
-                lo, hi = max(unit, b * self.bounds[-1]), min(unit + counts[w], (b + 1) * self.bounds[-1])
-                pieces[w].append((b, (lo - b * self.bounds[-1]) * width, (hi - b * self.bounds[-1]) * width))
-            unit += counts[w]
+            for b in range(batch):  # its units cut at row boundaries, as (row, first and end column)
+                lo, hi = max(ends[w] - counts[w], b * layers_total), min(ends[w], (b + 1) * layers_total)
+                if lo < hi:
+                    pieces[w].append((b, (lo - b * layers_total) * width, (hi - b * layers_total) * width))
         padded_items = np.full((workers, max(map(len, items))), -1, np.int64)
         padded_pieces = np.full((workers, max(1, max(map(len, pieces))), 3), -1, np.int64)
         for w in range(workers):
