@@ -29,7 +29,7 @@ def main() -> None:
     if dataclasses.replace(source.student, layers=source.student.layers[:kept]) != preset.student:
         raise ConfigError(f"{args.preset}'s student is not {args.source}'s first {kept} flows: "
                           f"{preset.student} vs {source.student}")
-    lean = Student(preset.student)
+    lean = Student(preset.student, preset.audio)
     lean.load_state_dict({k: v for k, v in full.state_dict().items()
                           if not k.startswith("flows.") or int(k.split(".")[1]) < kept}, strict=True)
     print(export_model(args.output, lean, "student", preset, init=f"first {kept} flows of {args.source}"))

@@ -71,8 +71,21 @@ def tiny_teacher_run(tmp_path_factory, tiny_data, tiny) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, tiny_teacher_run, tiny_data, tiny) -> Path:
-    """A checkpoint folder like checkpoints/default: the tiny teacher and a briefly distilled student."""
+def tiny_pitch_run(tmp_path_factory, tiny_data, tiny) -> Path:
+    """A tiny F0/voicing predictor trained for the preset's few steps."""
+    from wavegen.stages import pitch_stage
+    from wavegen.train import fit
+
+    out = tmp_path_factory.mktemp("pitch_run")
+    torch.manual_seed(0)
+    fit(pitch_stage(tiny), tiny, tiny.pitch_train, tiny_data, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_teacher_run, tiny_pitch_run, tiny_data, tiny) -> Path:
+    """A checkpoint folder like checkpoints/default: the tiny teacher, a briefly distilled pitch-driven
+    student and the pitch predictor it runs on."""
     import shutil
 
     from wavegen.checkpoint import import_model
@@ -86,4 +99,5 @@ def tiny_checkpoint(tmp_path_factory, tiny_teacher_run, tiny_data, tiny) -> Path
     folder = tmp_path_factory.mktemp("checkpoint")
     shutil.copy(tiny_teacher_run / "teacher.safetensors", folder / "teacher.safetensors")
     shutil.copy(run / "student.safetensors", folder / "student.safetensors")
+    shutil.copy(tiny_pitch_run / "pitch.safetensors", folder / "pitch.safetensors")
     return folder

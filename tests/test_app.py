@@ -23,7 +23,8 @@ import torch  # noqa: E402
 import wavegen.vocoder  # noqa: E402
 from app import Limits, build_demo, launch, launch_options, load_vocoder, vocode  # noqa: E402
 from wavegen.checkpoint import CheckpointError  # noqa: E402
-from wavegen.models import Student, Teacher  # noqa: E402
+from wavegen.models import Student, Teacher
+from wavegen.models.pitch import PitchPredictor  # noqa: E402
 from wavegen.vocoder import Vocoder  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,7 +38,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 @pytest.fixture(scope="module")
 def vocoder(tiny) -> Vocoder:
     torch.manual_seed(0)
-    return Vocoder(tiny.audio, Teacher(tiny.teacher), Student(tiny.student), device="cpu")
+    return Vocoder(tiny.audio, Teacher(tiny.teacher), Student(tiny.student, tiny.audio), device="cpu",
+                   pitch=PitchPredictor(tiny.pitch))
 
 
 def write_tone(path: Path, seconds: float, sample_rate: int) -> Path:

@@ -26,7 +26,8 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 from app import build_demo, launch_options  # noqa: E402
-from wavegen.models import Student, Teacher  # noqa: E402
+from wavegen.models import Student, Teacher
+from wavegen.models.pitch import PitchPredictor  # noqa: E402
 from wavegen.vocoder import Vocoder  # noqa: E402
 
 from tests.test_app import ARTIFACTS, free_port  # noqa: E402
@@ -147,7 +148,8 @@ def is_expected(outcome: Outcome) -> bool:
 @pytest.mark.slow
 def test_many_users_at_once_are_all_answered_within_bounds(tmp_path, tiny):
     torch.manual_seed(0)
-    vocoder = Vocoder(tiny.audio, Teacher(tiny.teacher), Student(tiny.student), device="cpu")
+    vocoder = Vocoder(tiny.audio, Teacher(tiny.teacher), Student(tiny.student, tiny.audio), device="cpu",
+                   pitch=PitchPredictor(tiny.pitch))
     rate, hop = tiny.audio.sample_rate, tiny.audio.hop_length
     plans = plan_requests(tmp_path, rate, hop)
     samples = rate + 3  # 1 s: the request before the load (a warm-up) and after it (the health check)

@@ -27,6 +27,22 @@ def test_upsampler_gives_one_vector_per_sample(tiny):
     assert odd(torch.randn(1, 4, 6)).shape == (1, 4, 90)
 
 
+def test_interpolating_upsampler_has_no_fixed_comb(tiny):
+    """A steady mel must give a steady conditioning: anything periodic at the hop rate or its sub-strides
+    would be imprinted on every output as a comb (the transposed upsampler's is, with any weights)."""
+    steady = torch.full((1, tiny.audio.n_mels, 12), -4.0) + torch.randn(1, tiny.audio.n_mels, 1)
+    scales = tiny.student.upsample_scales
+    smooth = randomise(MelUpsampler(tiny.audio.n_mels, scales, "interpolate"), 0.3, seed=2)
+    strided = randomise(MelUpsampler(tiny.audio.n_mels, scales, "transposed"), 0.3, seed=2)
+    inner = slice(3 * tiny.audio.hop_length, 9 * tiny.audio.hop_length)  # away from the edges
+    with torch.no_grad():
+        assert smooth(steady)[..., inner].std(dim=-1).max() < 1e-5
+        assert strided(steady)[..., inner].std(dim=-1).max() > 1e-2
+    ramp = torch.linspace(-6, -2, 12).expand(1, tiny.audio.n_mels, 12)  # and it follows a changing mel
+    out = smooth(ramp).detach()
+    assert out.shape == (1, tiny.audio.n_mels, 12 * tiny.audio.hop_length)
+
+
 @pytest.mark.parametrize("kernel", [2, 3])
 def test_body_is_causal_and_step_equals_forward(tiny, kernel):
     cfg = dataclasses.replace(tiny.teacher, kernel_size=kernel)
@@ -217,13 +233,27 @@ def test_mixture_of_logistics_is_a_normalised_discrete_distribution(tiny):
 
 @pytest.fixture
 def student(tiny):
-    return randomise(Student(tiny.student), 0.15, seed=1).eval()
+    return randomise(Student(tiny.student, tiny.audio), 0.15, seed=1).eval()
 
 
-def test_student_starts_as_the_identity(tiny):
-    fresh = Student(tiny.student)
+def contour(batch: int, frames: int, seed: int = 0, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """F0 (B, F) between 100 and 300 Hz with the first frame unvoiced, and its voicing: what the harmonic
+    flow 0 runs on."""
+    f0 = 100 + 200 * torch.rand(batch, frames, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    f0[:, 0] = 0.0
+    return {"f0": f0, "voicing": (f0 > 0).to(dtype)}
+
+
+def test_student_flows_start_as_the_identity_after_the_harmonic_flow(tiny):
+    fresh = Student(tiny.student, tiny.audio)
     z = torch.randn(1, 2 * tiny.audio.hop_length)
-    x, mu, log_sigma = fresh.sample(torch.randn(1, tiny.audio.n_mels, 2), z=z)
+    mel, pitch = torch.randn(1, tiny.audio.n_mels, 2), contour(1, 2)
+    x, mu, log_sigma = fresh.sample(mel, z=z, **pitch)
+    params = fresh.source_params(mel, pitch["f0"], pitch["voicing"])
+    x0, log_sigma0, _ = fresh.source.excite(z, params, fresh.source.init_state(1))
+    assert torch.equal(x, x0) and torch.equal(log_sigma, log_sigma0)
+    plain = Student(dataclasses.replace(tiny.student, harmonic_noise=False))  # a mel-only student: the identity
+    x, mu, log_sigma = plain.sample(mel, z=z)
     assert torch.equal(x, z) and torch.equal(mu, torch.zeros_like(z)) and torch.equal(log_sigma, torch.zeros_like(z))
 
 
@@ -231,29 +261,30 @@ def test_student_starts_as_the_identity(tiny):
 def test_inverse_of_sample_is_z_and_the_two_views_agree(student, tiny, compiled):
     mel = torch.randn(2, tiny.audio.n_mels, 3)
     z = torch.randn(2, 3 * tiny.audio.hop_length)
+    pitch = contour(2, 3)
     with torch.no_grad():
-        x, mu_tot, log_sigma_tot = student.sample(mel, z=z)
+        x, mu_tot, log_sigma_tot = student.sample(mel, z=z, **pitch)
     assert log_sigma_tot.abs().mean() > 0.05 and mu_tot.abs().mean() > 0.05  # not the identity
     torch.testing.assert_close(x, z * torch.exp(log_sigma_tot) + mu_tot, atol=1e-5, rtol=0)
-    recovered, log_det = student.invert(x, mel, compiled=compiled)  # sample by sample, flow by flow
-    assert (recovered - z).abs().max() <= 1e-4
+    recovered, log_det = student.invert(x, mel, compiled=compiled, **pitch)  # sample by sample, flow by flow
+    assert (recovered - z).abs().max() <= 1e-3
     sequential = gaussian_log_prob(recovered, torch.zeros_like(z), torch.zeros_like(z)) - log_det
     if compiled:  # the public log_prob is this computation
-        torch.testing.assert_close(student.log_prob(x, mel), sequential)
+        torch.testing.assert_close(student.log_prob(x, mel, **pitch), sequential)
     parallel = gaussian_log_prob(x, mu_tot, log_sigma_tot)  # the Gaussian q(x_t | z_<t)
     torch.testing.assert_close(sequential, parallel, atol=1e-3, rtol=1e-4)
 
 
 def test_log_det_matches_a_brute_force_jacobian(student, tiny):
-    mel = torch.randn(1, tiny.audio.n_mels, 1)
-    length = tiny.audio.hop_length
+    mel = torch.randn(1, tiny.audio.n_mels, 2)
+    length = 2 * tiny.audio.hop_length
     z = torch.randn(length, dtype=torch.float64)
     student = student.double()
-    mel = mel.double()
-    jacobian = torch.autograd.functional.jacobian(lambda v: student.sample(mel, z=v[None])[0][0], z)  # (T, T)
+    mel, pitch = mel.double(), contour(1, 2, dtype=torch.float64)
+    jacobian = torch.autograd.functional.jacobian(lambda v: student.sample(mel, z=v[None], **pitch)[0][0], z)
     assert torch.allclose(jacobian.triu(1), torch.zeros_like(jacobian))  # autoregressive: lower triangular
-    _, log_det = torch.linalg.slogdet(jacobian)
-    _, _, log_sigma_tot = student.sample(mel, z=z[None])
+    _, log_det = torch.linalg.slogdet(jacobian)  # (T, T) above, its log|det| here
+    _, _, log_sigma_tot = student.sample(mel, z=z[None], **pitch)
     torch.testing.assert_close(log_det, log_sigma_tot.sum(), atol=1e-8, rtol=1e-8)
 
 

@@ -57,14 +57,20 @@ def test_state_loads_with_weights_only(tiny_teacher_run):
     assert state["step"] == 200 and {"model", "ema", "optimizer", "scheduler", "rng"} <= set(state)
 
 
-def test_distillation_lowers_kl_and_stft(tiny_teacher_run, tiny_data, tiny, tmp_path):
+def test_distillation_lowers_kl_and_the_stft_loss_alone_lowers_stft(tiny_teacher_run, tiny_data, tiny, tmp_path):
+    """The KL term does what it says; the STFT term alone (the shipped recipe while the teacher predates
+    the source) lowers the spectral distance from where the harmonic flow 0 starts it."""
     teacher, _ = import_model(tiny_teacher_run / "teacher.safetensors", "teacher")
     torch.manual_seed(0)
-    fit(distill_stage(tiny, teacher), tiny, tiny.distill_train, tiny_data, tmp_path, progress=False)
+    fit(distill_stage(tiny, teacher), tiny, tiny.distill_train, tiny_data, tmp_path / "kl", progress=False)
+    valid = read_log(tmp_path / "kl", "valid")
+    assert valid[-1]["kl"] < 0.5 * valid[0]["kl"], valid
+    spectral = dataclasses.replace(tiny, distill=dataclasses.replace(tiny.distill, kl_weight=0.0))
+    torch.manual_seed(0)
+    fit(distill_stage(spectral, teacher), spectral, spectral.distill_train, tiny_data, tmp_path, progress=False)
     valid = read_log(tmp_path, "valid")
     first, last = valid[0], valid[-1]
-    assert last["kl"] < 0.5 * first["kl"], valid
-    assert last["stft"] < first["stft"], valid
+    assert "kl" not in last and last["stft"] < first["stft"], valid
     assert last["mel_l1"] < first["mel_l1"], valid
     student, _ = import_model(tmp_path / "student.safetensors", "student")
     assert all(not p.requires_grad or p.grad is None for p in teacher.parameters())  # teacher stayed frozen

@@ -23,9 +23,10 @@ from torch import nn
 from wavegen.audio import atomic_write, first_line
 from wavegen.config import Preset
 from wavegen.models import Student, Teacher
+from wavegen.models.pitch import PitchPredictor
 
 FORMAT = "1"
-KINDS = {"teacher": Teacher, "student": Student}
+KINDS = {"teacher": Teacher, "student": Student, "pitch": PitchPredictor}
 
 
 class CheckpointError(ValueError):
@@ -36,7 +37,9 @@ def build_model(kind: str, preset: Preset) -> nn.Module:
     if kind == "teacher":
         return Teacher(preset.teacher)
     if kind == "student":
-        return Student(preset.student)
+        return Student(preset.student, preset.audio)
+    if kind == "pitch":
+        return PitchPredictor(preset.pitch)
     raise CheckpointError(f"unknown model kind {kind!r}; expected one of {sorted(KINDS)}")
 
 

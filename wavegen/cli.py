@@ -22,10 +22,10 @@ from wavegen.config import ConfigError, load_preset, preset_names
 from wavegen.corpus import RecipeError
 from wavegen.data import CorpusError
 from wavegen.export import ExportError
-from wavegen.vocoder import PRECISIONS, ModelUnavailable
+from wavegen.vocoder import PRECISIONS, ModelUnavailable, PitchError, check_pitch_shift
 
 USER_ERRORS = (AudioError, MelError, CorpusError, CheckpointError, ConfigError, RecipeError, ExportError,
-               ModelUnavailable, FileExistsError)
+               ModelUnavailable, PitchError, FileExistsError)
 
 
 def refuse_overwrite(path: Path, force: bool) -> None:
@@ -45,8 +45,14 @@ def cmd_mel(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from wavegen.data import preprocess
+    from wavegen.data import add_pitch_labels, preprocess
 
+    if args.labels_only:
+        manifest = add_pitch_labels(args.corpus, workers=args.workers)
+        print(f"{args.corpus}: F0 labels for {len(manifest['utterances'])} utterances")
+        return 0
+    if args.output is None:
+        raise SystemExit("wavegen preprocess: give the output folder (or --labels-only CACHE)")
     manifest = preprocess(args.corpus, args.output, load_preset(args.preset).audio, workers=args.workers)
     utterances = manifest["utterances"]
     for split in ("train", "valid"):
@@ -66,14 +72,17 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from wavegen.stages import teacher_stage
+    from wavegen.stages import pitch_stage, teacher_stage
     from wavegen.train import fit
 
-    preset = _with_overrides(load_preset(args.preset), "train", args)
-    torch.manual_seed(preset.train.seed)  # the initial weights too are a function of the seed
-    stage = teacher_stage(preset, _initial_model(args.init, "teacher", preset))
-    path = fit(stage, preset, preset.train, args.data, args.out, resume=args.resume, device=args.device)
-    print(f"teacher: {path}")
+    section = "train" if args.stage == "teacher" else "pitch_train"
+    preset = _with_overrides(load_preset(args.preset), section, args)
+    cfg = getattr(preset, section)
+    torch.manual_seed(cfg.seed)  # the initial weights too are a function of the seed
+    make = teacher_stage if args.stage == "teacher" else pitch_stage
+    stage = make(preset, _initial_model(args.init, args.stage, preset))
+    path = fit(stage, preset, cfg, args.data, args.out, resume=args.resume, device=args.device)
+    print(f"{args.stage}: {path}")
     return 0
 
 
@@ -124,6 +133,7 @@ def cmd_vocode(args: argparse.Namespace) -> int:
     from wavegen.audio import MEL_EXTENSIONS, load_mel_file, save_audio
     from wavegen.vocoder import Vocoder
 
+    check_pitch_shift(args.pitch_shift)  # before anything is read or written
     inputs, missing = expand_inputs(args.inputs)
     failures = [f"{pattern}: no such file, or no audio/mel files in it" for pattern in missing]
     vocoder = Vocoder.load(args.checkpoint, device=args.device, precision=args.precision)
@@ -148,7 +158,7 @@ def cmd_vocode(args: argparse.Namespace) -> int:
     for first in range(0, len(targets), args.batch_size):
         chosen = targets[first:first + args.batch_size]
         wavs = vocoder.synthesize_many([jobs[t][1] for t in chosen], args.model, args.batch_size,
-                                       temperature=args.temperature, seed=args.seed)
+                                       temperature=args.temperature, seed=args.seed, pitch_shift=args.pitch_shift)
         for target, wav in zip(chosen, wavs):
             save_audio(target, wav, vocoder.audio.sample_rate)
             bar.update(1)
@@ -156,6 +166,39 @@ def cmd_vocode(args: argparse.Namespace) -> int:
     for line in failures:
         print(f"error: {line}", file=sys.stderr)
     print(f"wrote {len(targets)} file(s) to {out}; {len(failures)} failed")
+    return 1 if failures else 0
+
+
+def cmd_pitch(args: argparse.Namespace) -> int:
+    from wavegen.audio import MEL_EXTENSIONS, load_mel_file
+    from wavegen.vocoder import Vocoder
+
+    inputs, missing = expand_inputs(args.inputs)
+    failures = [f"{pattern}: no such file, or no audio/mel files in it" for pattern in missing]
+    vocoder = Vocoder.load(args.checkpoint, device=args.device)
+    out = Path(args.output)
+    written = 0
+    seconds_per_frame = vocoder.audio.hop_length / vocoder.audio.sample_rate
+    for path in inputs:
+        target = out / f"{path.stem}.csv"
+        try:
+            refuse_overwrite(target, args.force)
+            if path.suffix.lower() in MEL_EXTENSIONS:
+                mel = load_mel_file(path, vocoder.audio)
+            else:
+                mel = vocoder.mel(load_audio(path, vocoder.audio.sample_rate))
+            f0, voicing = (t[0].numpy() for t in vocoder.pitch(mel))
+        except USER_ERRORS as exc:
+            failures.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+            continue
+        lines = ["time_s,f0_hz,voicing_probability"] + [
+            f"{i * seconds_per_frame:.4f},{hz:.2f},{p:.3f}" for i, (hz, p) in enumerate(zip(f0, voicing))]
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda tmp, text="\n".join(lines) + "\n": Path(tmp).write_text(text))
+        written += 1
+    for line in failures:
+        print(f"error: {line}", file=sys.stderr)
+    print(f"wrote {written} contour(s) to {out}; {len(failures)} failed")
     return 1 if failures else 0
 
 
@@ -264,10 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_mel)
 
     p = sub.add_parser("preprocess", help="resample, trim, normalise and cache a corpus as arrays")
-    p.add_argument("corpus", help="a folder of audio, an LJSpeech folder or a text file of paths")
-    p.add_argument("output")
+    p.add_argument("corpus", help="a folder of audio, an LJSpeech folder or a text file of paths "
+                   "(with --labels-only: a preprocessed folder)")
+    p.add_argument("output", nargs="?")
     p.add_argument("--preset", default="speech16k", help=presets)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--labels-only", action="store_true",
+                   help="add F0 labels to a folder preprocessed before they existed")
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("corpus", help="build a training corpus from material on this machine")
@@ -280,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         if name == "distill":
             p.add_argument("--teacher", required=True, help="a teacher run folder or .safetensors file")
+        else:
+            p.add_argument("--stage", default="teacher", choices=["teacher", "pitch"],
+                           help="the WaveNet teacher (default) or the F0/voicing predictor")
         p.add_argument("--preset", default="speech16k", help=presets)
         p.add_argument("--data", required=True, help="a folder written by `wavegen preprocess`")
         p.add_argument("--out", required=True, help="the run folder (checkpoints, logs, TensorBoard)")
@@ -288,9 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=None, help="per process")
         p.add_argument("--lr", type=float, default=None, help="peak learning rate (a resumed run reshapes its "
                        "schedule to this and --max-steps)")
-        model = "teacher" if name == "train" else "student"
-        p.add_argument("--init", default=None, help=f"start a new run from exported {model} weights (.safetensors, "
-                       "same shape)")
+        p.add_argument("--init", default=None, help="start a new run from exported weights of the same model "
+                       "(.safetensors, same shape)")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.set_defaults(func=func)
 
@@ -303,9 +351,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--pitch-shift", type=float, default=1.0,
+                   help="multiply the student's F0 by this (0.5-2.0; a pitch-driven student)")
     _add_precision(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_vocode)
+
+    p = sub.add_parser("pitch", help="the F0 contour the vocoder reads from each input's mel, as CSV")
+    p.add_argument("inputs", nargs="+", help="audio or .npy/.pt mel files, globs or folders")
+    p.add_argument("-o", "--output", required=True, help="output folder: OUTDIR/<stem>.csv "
+                   "(time_s, f0_hz (0 unvoiced), voicing_probability)")
+    p.add_argument("--checkpoint", default="default")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_pitch)
 
     p = sub.add_parser("eval", help="objective metrics of resynthesis, beside Griffin-Lim on the same mels")
     p.add_argument("reference", help="reference audio: a folder (searched recursively), a text file listing "

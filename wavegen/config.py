@@ -56,8 +56,11 @@ class AudioConfig:
 class BodyShape:
     """The shape of a mel-conditioned causal WaveNet body, shared by the teacher and every flow.
 
-    `upsample_scales` are the strides of the mel upsampler; they must multiply to hop_length
-    (checked by `Preset`). Dilations cycle 1, 2, ..., 2**(dilation_cycle - 1).
+    `upsample_scales` multiply to hop_length (checked by `Preset`). `upsampler` "interpolate": a
+    frame-rate convolution, then linear interpolation to the samples (frame f at sample f * hop), then a
+    1x1 conv; "transposed": transposed convolutions with strides `upsample_scales` (the first models';
+    their strides imprint a fixed comb at the hop rate, DESIGN.md 4b). Dilations cycle 1, 2, ...,
+    2**(dilation_cycle - 1).
     """
 
     dilation_cycle: int = 10
@@ -67,9 +70,12 @@ class BodyShape:
     skip_channels: int = 64
     n_mels: int = 80
     upsample_scales: tuple[int, ...] = (16, 16)
+    upsampler: str = "transposed"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "upsample_scales", tuple(int(s) for s in self.upsample_scales))
+        _require(self.upsampler in ("transposed", "interpolate"),
+                 f"upsampler must be 'transposed' or 'interpolate', got {self.upsampler!r}")
         _require(self.dilation_cycle > 0, "dilation_cycle must be positive")
         _require(self.kernel_size >= 2, f"kernel_size must be >= 2, got {self.kernel_size}")
         _require(all(s > 0 for s in self.upsample_scales), "upsample scales must be positive")
@@ -101,15 +107,26 @@ class WaveNetConfig(BodyShape):
 
 @dataclass(frozen=True)
 class FlowConfig(BodyShape):
-    """The Gaussian IAF student: `n_flows` mel-conditioned WaveNets, `layers[k]` layers in flow k."""
+    """The Gaussian IAF student: `n_flows` mel-conditioned WaveNets, `layers[k]` layers in flow k.
+
+    With `harmonic_noise`, a harmonic-plus-noise flow comes first (`wavegen.nn.source.HarmonicNoise`):
+    its harmonic amplitudes and noise filter come from the mel's envelope and F0 (a frame network of
+    `hn_channels` learns a correction), never from z, so the student stays an exact IAF.
+    """
 
     layers: tuple[int, ...] = (10, 10, 10, 10, 10, 10)
     log_scale_min: float = -7.0
+    harmonic_noise: bool = False
+    hn_channels: int = 64
+    noise_taps: int = 128
+    f0_min: float = 50.0  # the lowest F0 the harmonic flow sounds: it sets the number of harmonics
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
         _require(len(self.layers) > 0 and all(n > 0 for n in self.layers), "every flow needs >= 1 layer")
+        _require(self.noise_taps >= 2 and self.hn_channels > 0 and self.f0_min > 0,
+                 "noise_taps must be >= 2, hn_channels and f0_min positive")
 
     @property
     def n_flows(self) -> int:
@@ -119,6 +136,29 @@ class FlowConfig(BodyShape):
         """The body configuration of flow k (its output is (mu, log_sigma))."""
         shape = {f.name: getattr(self, f.name) for f in fields(BodyShape)}
         return WaveNetConfig(**shape, layers=self.layers[k], output="gaussian", log_scale_min=self.log_scale_min)
+
+
+@dataclass(frozen=True)
+class PitchConfig:
+    """The F0/voicing predictor (`wavegen.models.pitch`): conv layers over frames, pitch classified
+    into bins of `bin_cents` from f0_min to f0_max."""
+
+    n_mels: int = 80
+    channels: int = 128
+    kernel_size: int = 5
+    dilations: tuple[int, ...] = (1, 2, 4, 1)
+    bin_cents: float = 20.0
+    f0_min: float = 40.0
+    f0_max: float = 1000.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
+        _require(0 < self.f0_min < self.f0_max, "need 0 < f0_min < f0_max")
+        _require(self.bin_cents > 0 and self.kernel_size % 2 == 1, "bin_cents > 0, odd kernel_size")
+
+    @property
+    def n_bins(self) -> int:
+        return int(1200 * math.log2(self.f0_max / self.f0_min) / self.bin_cents) + 1
 
 
 @dataclass(frozen=True)
@@ -180,9 +220,13 @@ class Preset:
     train: TrainConfig = field(default_factory=TrainConfig)
     distill_train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    pitch: PitchConfig = field(default_factory=PitchConfig)
+    pitch_train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         hop = self.audio.hop_length
+        _require(self.pitch.n_mels == self.audio.n_mels,
+                 f"pitch.n_mels {self.pitch.n_mels} != audio.n_mels {self.audio.n_mels}")
         for label, model in (("teacher", self.teacher), ("student", self.student)):
             _require(math.prod(model.upsample_scales) == hop,
                      f"{label}.upsample_scales {model.upsample_scales} multiply to "
@@ -199,7 +243,8 @@ class Preset:
 
 
 _SECTIONS = {"audio": AudioConfig, "teacher": WaveNetConfig, "student": FlowConfig,
-             "train": TrainConfig, "distill_train": TrainConfig, "distill": DistillConfig}
+             "train": TrainConfig, "distill_train": TrainConfig, "distill": DistillConfig,
+             "pitch": PitchConfig, "pitch_train": TrainConfig}
 
 
 def _plain(value: Any) -> Any:

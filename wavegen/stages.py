@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import torch
+import torchaudio
 from torch import Tensor, nn
 
 from wavegen.audio import MelFrontend
 from wavegen.config import Preset
 from wavegen.losses import NATS_TO_BITS, distillation_kl, multi_resolution_stft_loss, nll
 from wavegen.models import Student, Teacher
+from wavegen.models.pitch import PitchPredictor, pitch_agreement
 from wavegen.train import Batch, Stage
 
 RENDER_SEED = 0  # validation audio uses its own generator: the training RNG stream is untouched
@@ -18,16 +20,66 @@ def _render_frames(preset: Preset, seconds: float, available: int) -> int:
     return max(1, min(available, round(seconds * preset.audio.sample_rate / preset.audio.hop_length)))
 
 
+# Pitch augmentation: each batch is resampled by one of these (orig, new) rates and played at the model's
+# rate, which scales every frequency (F0 and formants) by orig / new: 0.7x to 1.4x, so the predictor
+# hears voices lower and higher than the corpus's four.
+PITCH_RATIOS = ((7, 10), (4, 5), (9, 10), (1, 1), (1, 1), (10, 9), (5, 4), (7, 5))
+
+
+def scale_pitch(wav: Tensor, f0: Tensor, ratio: tuple[int, int], hop: int) -> tuple[Tensor, Tensor]:
+    """wav (B, F * hop) and its F0 labels (B, F) -> the waveform sped up by r = orig / new (every
+    frequency times r) and its labels: frame g of the result is frame g r of the original, F0 times r
+    (linear between two voiced frames, else the nearer frame's)."""
+    orig, new = ratio
+    if orig == new:
+        return wav, f0
+    out = torchaudio.functional.resample(wav, orig, new)
+    frames = out.shape[-1] // hop
+    r = orig / new
+    position = torch.arange(frames, device=f0.device, dtype=torch.float32) * r
+    lo = position.floor().long().clamp(max=f0.shape[-1] - 1)
+    hi = (lo + 1).clamp(max=f0.shape[-1] - 1)
+    frac = position - lo
+    a, b = f0[:, lo], f0[:, hi]
+    both = (a > 0) & (b > 0)
+    nearer = torch.where(frac < 0.5, a, b)
+    return out[:, : frames * hop], torch.where(both, a + (b - a) * frac, nearer) * r
+
+
+def pitch_stage(preset: Preset, model: PitchPredictor | None = None) -> Stage:
+    """The F0/voicing predictor on the corpus's labels, each batch at a random pitch scale (PITCH_RATIOS)."""
+    frontend = MelFrontend(preset.audio)
+    hop = preset.audio.hop_length
+
+    def loss(model: nn.Module, wav: Tensor, mel: Tensor, f0: Tensor) -> dict[str, Tensor]:
+        ratio = PITCH_RATIOS[int(torch.randint(len(PITCH_RATIOS), ()))]
+        if ratio[0] != ratio[1]:
+            with torch.no_grad():
+                wav, f0 = scale_pitch(wav, f0, ratio, hop)
+                mel = frontend(wav)
+        module = model.module if hasattr(model, "module") else model
+        return module.loss(mel, f0)
+
+    @torch.no_grad()
+    def validate(model: PitchPredictor, batch: Batch) -> dict[str, float]:
+        _, mel, f0 = batch
+        predicted, voicing = model.predict(mel)
+        return {**pitch_agreement(predicted, voicing > 0.5, f0), "loss": float(model.loss(mel, f0)["loss"])}
+
+    return Stage("pitch", model if model is not None else PitchPredictor(preset.pitch), loss, validate,
+                 lambda model, batch: None, pitch=True)
+
+
 def teacher_stage(preset: Preset, teacher: Teacher | None = None) -> Stage:
     """Maximum likelihood: Gaussian (or MoL) NLL per sample on real audio."""
 
-    def loss(model: nn.Module, wav: Tensor, mel: Tensor) -> dict[str, Tensor]:
+    def loss(model: nn.Module, wav: Tensor, mel: Tensor, *_: Tensor) -> dict[str, Tensor]:
         value = nll(model(wav, mel))
         return {"loss": value, "nll": value}
 
     @torch.no_grad()
     def validate(model: Teacher, batch: Batch) -> dict[str, float]:
-        value = float(nll(model.log_prob(*batch)))
+        value = float(nll(model.log_prob(*batch[:2])))
         return {"nll_nats": value, "nll_bits": value * NATS_TO_BITS}
 
     def render(model: Teacher, batch: Batch) -> Tensor:
@@ -46,24 +98,31 @@ def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = No
     teacher = teacher.eval().requires_grad_(False)
     frontend = MelFrontend(preset.audio)
 
-    def student_and_teacher(model: nn.Module, mel: Tensor, generator=None):
-        x, mu_q, log_sigma_q = model(mel, generator=generator)
+    def student_and_teacher(model: nn.Module, mel: Tensor, f0: Tensor, generator=None):
+        x, mu_q, log_sigma_q = model(mel, generator=generator, f0=f0, voicing=(f0 > 0).float())
+        if cfg.kl_weight == 0:  # STFT only: the teacher is not run
+            return x, None
         mu_p, log_sigma_p = teacher.gaussian(teacher.params(x, mel))
-        return x, mu_q, log_sigma_q, mu_p, log_sigma_p
+        return x, (mu_q, log_sigma_q, mu_p, log_sigma_p)
 
-    def loss(model: nn.Module, wav: Tensor, mel: Tensor) -> dict[str, Tensor]:
+    def loss(model: nn.Module, wav: Tensor, mel: Tensor, f0: Tensor) -> dict[str, Tensor]:
         teacher.to(mel.device)
-        x, *gaussians = student_and_teacher(model, mel)
-        kl, reg = distillation_kl(*gaussians, clamp=cfg.log_scale_clamp, reg_weight=cfg.log_scale_reg)
+        x, gaussians = student_and_teacher(model, mel, f0)
         stft = multi_resolution_stft_loss(x, wav, cfg.stft_ffts)
+        if gaussians is None:
+            return {"loss": cfg.stft_weight * stft, "stft": stft}
+        kl, reg = distillation_kl(*gaussians, clamp=cfg.log_scale_clamp, reg_weight=cfg.log_scale_reg)
         total = cfg.kl_weight * (kl + reg) + cfg.stft_weight * stft
         return {"loss": total, "kl": kl, "log_scale_reg": reg, "stft": stft}
 
     @torch.no_grad()
     def validate(model: Student, batch: Batch) -> dict[str, float]:
-        wav, mel = batch
+        wav, mel, f0 = batch
         generator = torch.Generator(mel.device).manual_seed(RENDER_SEED)
-        x, *gaussians = student_and_teacher(model, mel, generator)
+        x, gaussians = student_and_teacher(model, mel, f0, generator)
+        if gaussians is None:
+            return {"stft": float(multi_resolution_stft_loss(x, wav, cfg.stft_ffts)),
+                    "mel_l1": float((frontend(x) - mel).abs().mean())}
         kl, _ = distillation_kl(*gaussians, clamp=cfg.log_scale_clamp, reg_weight=0.0)
         return {"kl": float(kl), "stft": float(multi_resolution_stft_loss(x, wav, cfg.stft_ffts)),
                 "mel_l1": float((frontend(x) - mel).abs().mean())}
@@ -72,6 +131,8 @@ def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = No
     def render(model: Student, batch: Batch) -> Tensor:
         frames = _render_frames(preset, preset.distill_train.sample_seconds, batch[1].shape[-1])
         generator = torch.Generator(batch[1].device).manual_seed(RENDER_SEED)
-        return model.sample(batch[1][:1, :, :frames], generator=generator)[0][0]
+        f0 = batch[2][:1, :frames]
+        return model.sample(batch[1][:1, :, :frames], generator=generator, f0=f0, voicing=(f0 > 0).float())[0][0]
 
-    return Stage("student", student if student is not None else Student(preset.student), loss, validate, render)
+    return Stage("student", student if student is not None else Student(preset.student, preset.audio), loss,
+                 validate, render, pitch=True)

@@ -28,25 +28,27 @@ from wavegen.checkpoint import export_model, load_latest_state, save_state, stat
 from wavegen.config import Preset, TrainConfig
 from wavegen.data import CorpusError, ResumableSampler, SegmentDataset
 
-LossFn = Callable[[nn.Module, Tensor, Tensor], dict[str, Tensor]]  # (model, wav, mel) -> named losses
-Batch = tuple[Tensor, Tensor]  # wav (B, T), mel (B, n_mels, F)
+LossFn = Callable[..., dict[str, Tensor]]  # (model, wav, mel[, f0]) -> named losses
+Batch = tuple[Tensor, ...]  # wav (B, T), mel (B, n_mels, F)[, f0 (B, F) in Hz, 0 unvoiced]
 
 
 @dataclass
 class Stage:
     """What one training stage injects into the loop.
 
-    loss: (model, wav, mel) -> dict with "loss" (the total) and any named parts, all scalars.
+    loss: (model, wav, mel[, f0]) -> dict with "loss" (the total) and any named parts, all scalars.
     validate: (ema model, held-out batch) -> named metrics (floats).
-    render: (ema model, held-out batch) -> a short waveform (T,) to listen to in TensorBoard.
+    render: (ema model, held-out batch) -> a short waveform (T,) to listen to in TensorBoard, or None.
+    pitch: whether batches carry the F0 labels (the corpus must have them).
     """
 
-    kind: str  # "teacher" or "student": the name of the exported model
+    kind: str  # "teacher", "student" or "pitch": the name of the exported model
     model: nn.Module
     loss: LossFn
     validate: Callable[[nn.Module, Batch], dict[str, float]]
-    render: Callable[[nn.Module, Batch], Tensor]
+    render: Callable[[nn.Module, Batch], Tensor | None]
     extra_card: dict = field(default_factory=dict)
+    pitch: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,12 +87,12 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
-def validation_batch(root: Path, preset: Preset, cfg: TrainConfig, device: torch.device) -> Batch:
+def validation_batch(root: Path, preset: Preset, cfg: TrainConfig, device: torch.device,
+                     pitch: bool = False) -> Batch:
     """The first `val_files` held-out utterances, their first `val_frames` frames (padded if short)."""
-    data = SegmentDataset(root, preset.audio, "valid", cfg.val_frames)
-    pairs = [data.crop(i, 0, cfg.val_frames) for i in range(min(cfg.val_files, len(data)))]
-    wav, mel = (torch.stack(t).to(device) for t in zip(*pairs))
-    return wav, mel
+    data = SegmentDataset(root, preset.audio, "valid", cfg.val_frames, pitch=pitch)
+    items = [data.crop(i, 0, cfg.val_frames) for i in range(min(cfg.val_files, len(data)))]
+    return tuple(torch.stack(t).to(device) for t in zip(*items))
 
 
 def fit(stage: Stage, preset: Preset, cfg: TrainConfig, data_root: str | Path, out: str | Path,
@@ -125,13 +127,13 @@ def fit(stage: Stage, preset: Preset, cfg: TrainConfig, data_root: str | Path, o
             tqdm.write(f"resumed from {path} at step {step}")
     trained = DistributedDataParallel(model) if runtime.world > 1 else model
 
-    dataset = SegmentDataset(data_root, preset.audio, "train", cfg.segment_frames)
+    dataset = SegmentDataset(data_root, preset.audio, "train", cfg.segment_frames, pitch=stage.pitch)
     sampler = ResumableSampler(dataset, runtime.world, runtime.rank, cfg.seed)
     steps_per_epoch = sampler.num_samples // cfg.batch_size
     if steps_per_epoch == 0:
         raise CorpusError(f"{data_root}: {len(dataset)} training utterances cannot fill a batch of "
                           f"{cfg.batch_size} on each of {runtime.world} process(es)")
-    val_batch = validation_batch(data_root, preset, cfg, runtime.device) if runtime.is_main else None
+    val_batch = validation_batch(data_root, preset, cfg, runtime.device, stage.pitch) if runtime.is_main else None
     writer = SummaryWriter(str(out / "tensorboard")) if runtime.is_main else None
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -162,11 +164,11 @@ def fit(stage: Stage, preset: Preset, cfg: TrainConfig, data_root: str | Path, o
         sampler.set_epoch(epoch, skip=position * cfg.batch_size)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                             num_workers=cfg.num_workers, persistent_workers=False)
-        for wav, mel in loader:
+        for batch in loader:
             trained.train()
-            wav, mel = wav.to(runtime.device, non_blocking=True), mel.to(runtime.device, non_blocking=True)
+            batch = [t.to(runtime.device, non_blocking=True) for t in batch]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=runtime.device.type == "cuda"):
-                losses = stage.loss(trained, wav, mel)
+                losses = stage.loss(trained, *batch)
             optimizer.zero_grad(set_to_none=True)
             if _all_finite(losses["loss"], runtime):
                 losses["loss"].backward()
@@ -220,8 +222,8 @@ def _log(out: Path, writer: SummaryWriter | None, step: int, split: str, scalars
             writer.add_scalar(f"{split}/{name}", value, step)
 
 
-def _write_media(writer: SummaryWriter | None, step: int, wav: Tensor, batch: Batch, preset: Preset) -> None:
-    if writer is None:
+def _write_media(writer: SummaryWriter | None, step: int, wav: Tensor | None, batch: Batch, preset: Preset) -> None:
+    if writer is None or wav is None:
         return
     from wavegen.audio import log_mel
 

@@ -23,6 +23,7 @@ from wavegen.audio import MelFrontend, check_mel
 from wavegen.checkpoint import CheckpointError, import_model
 from wavegen.config import AudioConfig, Preset
 from wavegen.models import Student, Teacher
+from wavegen.models.pitch import PitchPredictor
 from wavegen.models.teacher import Progress
 from wavegen.models.student import Body
 from wavegen.nn.packed import pack
@@ -36,7 +37,9 @@ GRIFFIN_LIM_ITERATIONS = 32
 # student on 5 s, 2 threads, one run (scripts/levers.py): bf16 16 frames 0.071, 32 0.065, 48 0.065,
 # 64 0.067, 128 0.077; fp32 packed 48 0.139, 128 0.161; the fp32 conv1d flows 48 0.248, 128 0.283.
 CHUNK_FRAMES = 48
-UPSAMPLER_CONTEXT = 2  # mel frames the upsampler's transposed convolutions see on either side
+UPSAMPLER_CONTEXT = 2  # mel frames the upsampler's convolutions (and interpolation) see on either side
+PITCH_SHIFT_RANGE = (0.5, 2.0)
+VOICED_THRESHOLD = 0.5  # a frame is voiced when the predictor's voicing probability exceeds this
 
 
 class StudentPath(NamedTuple):
@@ -48,6 +51,17 @@ class StudentPath(NamedTuple):
 
 class ModelUnavailable(ValueError):
     """The requested synthesis path is unknown or not in this checkpoint."""
+
+
+class PitchError(ValueError):
+    """A pitch shift out of range, or an F0 contour that does not fit the mel."""
+
+
+def check_pitch_shift(pitch_shift: float) -> float:
+    if not PITCH_SHIFT_RANGE[0] <= pitch_shift <= PITCH_SHIFT_RANGE[1]:
+        raise PitchError(f"pitch shift must be within {PITCH_SHIFT_RANGE[0]} and {PITCH_SHIFT_RANGE[1]}, "
+                         f"got {pitch_shift}")
+    return pitch_shift
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -86,7 +100,8 @@ class Vocoder:
     """Mel -> waveform with the student (parallel), the teacher (sequential) or Griffin-Lim."""
 
     def __init__(self, audio: AudioConfig, teacher: Teacher | None = None, student: Student | None = None,
-                 device: str | torch.device = "auto", chunk_frames: int | None = None, precision: str = "auto"):
+                 device: str | torch.device = "auto", chunk_frames: int | None = None, precision: str = "auto",
+                 pitch: PitchPredictor | None = None):
         self.audio = audio
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -95,6 +110,7 @@ class Vocoder:
         self._student_lock = threading.Lock()  # the packed bodies' workspace serves one call at a time
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         self.student = student.to(self.device).eval() if student is not None else None
+        self.pitch_model = pitch.to(self.device).eval() if pitch is not None else None
         self.frontend = MelFrontend(audio)
 
     @classmethod
@@ -105,10 +121,11 @@ class Vocoder:
     @classmethod
     def load(cls, path_or_name: str | Path = "default", device: str | torch.device = "auto",
              precision: str = "auto") -> Vocoder:
-        """Load `teacher.safetensors` and/or `student.safetensors` from a checkpoint folder."""
+        """Load `teacher.safetensors` and/or `student.safetensors` (and `pitch.safetensors`, the F0
+        predictor a pitch-driven student needs) from a checkpoint folder."""
         folder = resolve_checkpoint(path_or_name)
         models, audio = {}, None
-        for kind in ("teacher", "student"):
+        for kind in ("teacher", "student", "pitch"):
             path = folder / f"{kind}.safetensors"
             if path.exists():
                 models[kind], preset = import_model(path, kind)
@@ -117,7 +134,11 @@ class Vocoder:
                 audio = preset.audio
         if audio is None:
             raise CheckpointError(f"{folder}: holds neither teacher.safetensors nor student.safetensors")
-        return cls(audio, models.get("teacher"), models.get("student"), device=device, precision=precision)
+        student = models.get("student")
+        if student is not None and student.source is not None and "pitch" not in models:
+            raise CheckpointError(f"{folder}: the student is pitch-driven but the folder has no pitch.safetensors")
+        return cls(audio, models.get("teacher"), student, device=device, precision=precision,
+                   pitch=models.get("pitch"))
 
     @property
     def available_models(self) -> list[str]:
@@ -131,20 +152,53 @@ class Vocoder:
         return self.frontend(wav.to(self.device))
 
     @torch.inference_mode()
+    def pitch(self, mel: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+        """mel (n_mels, F) or (B, n_mels, F) -> F0 (B, F) in Hz, 0 where unvoiced, and the voicing
+        probability (B, F), from the checkpoint's pitch predictor."""
+        if self.pitch_model is None:
+            raise ModelUnavailable("this checkpoint has no pitch predictor (pitch.safetensors)")
+        f0, voicing = self.pitch_model.predict(check_mel(mel, self.audio).to(self.device))
+        return torch.where(voicing > VOICED_THRESHOLD, f0, torch.zeros_like(f0)).cpu(), voicing.cpu()
+
+    def source_contour(self, mel: Tensor, f0: Tensor | np.ndarray | None, pitch_shift: float
+                        ) -> tuple[Tensor, Tensor] | None:
+        """The F0 (B, F) and voicing (B, F) a pitch-driven student runs on: predicted from the mel unless
+        `f0` (F,) or (B, F) in Hz (0 unvoiced) is given, times `pitch_shift`; None for a mel-only student."""
+        check_pitch_shift(pitch_shift)
+        if self.student is None or self.student.source is None:
+            return None
+        if f0 is None:
+            if self.pitch_model is None:
+                raise ModelUnavailable("this student is pitch-driven: give f0 or load a pitch predictor")
+            contour, voicing = self.pitch_model.predict(mel)
+            voicing = (voicing > VOICED_THRESHOLD).float()
+        else:
+            contour = torch.as_tensor(np.asarray(f0, dtype=np.float32) if isinstance(f0, np.ndarray) else f0)
+            contour = contour.float().reshape(-1, contour.shape[-1]).expand(mel.shape[0], -1).to(self.device)
+            if contour.shape[-1] != mel.shape[-1] or not torch.isfinite(contour).all() or (contour < 0).any():
+                raise PitchError(f"f0 must hold {mel.shape[-1]} finite non-negative values per row (one per mel "
+                                 f"frame), got shape {tuple(contour.shape)}")
+            voicing = (contour > 0).float()
+        return contour * pitch_shift, voicing
+
+    @torch.inference_mode()
     def synthesize(self, mel: Tensor | np.ndarray, model: str = "student", temperature: float = 1.0,
-                   seed: int | None = None, progress: Progress | None = None, z: Tensor | None = None) -> Tensor:
+                   seed: int | None = None, progress: Progress | None = None, z: Tensor | None = None,
+                   f0: Tensor | np.ndarray | None = None, pitch_shift: float = 1.0) -> Tensor:
         """mel (n_mels, F) or (B, n_mels, F) -> waveform (B, F * hop) in [-1, 1], on the CPU.
 
         The student draws z (B, F * hop) once (or takes `z`) and synthesises long inputs in chunks of
         `chunk_frames`, each flow carrying its past in a cache, so peak memory stays bounded and the
-        result equals one whole-input pass. The teacher is sequential; its memory is bounded by its
-        step cache.
+        result equals one whole-input pass. A pitch-driven student runs on the F0 the pitch predictor
+        reads from the mel, or on `f0` (F,) or (B, F) in Hz (0 unvoiced), times `pitch_shift` (0.5-2).
+        The teacher is sequential; its memory is bounded by its step cache.
         """
         if model not in MODELS:
             raise ModelUnavailable(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
         if model != "griffin-lim" and getattr(self, model) is None:
             raise ModelUnavailable(f"this checkpoint has no {model}; available: {', '.join(self.available_models)}")
         mel = check_mel(mel, self.audio).to(self.device)
+        contour = self.source_contour(mel, f0, pitch_shift) if model == "student" else None
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         if model == "griffin-lim":
             wav = griffin_lim(mel, self.audio)
@@ -155,7 +209,7 @@ class Vocoder:
                 shape = (mel.shape[0], mel.shape[-1] * self.audio.hop_length)
                 z = temperature * torch.randn(shape, generator=generator, device=self.device)
             with self._student_lock:  # concurrent callers (the app's queue runs two) take turns
-                wav = self._student_streamed(mel, z.to(self.device))
+                wav = self._student_streamed(mel, z.to(self.device), contour)
         return wav.clamp(-1.0, 1.0).float().cpu()
 
     def student_path(self) -> StudentPath:
@@ -172,28 +226,31 @@ class Vocoder:
                 self._student_path = StudentPath(list(self.student.flows), upsampler)
         return self._student_path
 
-    def _student_streamed(self, mel: Tensor, z: Tensor) -> Tensor:
-        """mel (B, n_mels, F), z (B, F * hop) -> x (B, F * hop), `chunk_frames` at a time.
+    def _student_streamed(self, mel: Tensor, z: Tensor, contour: tuple[Tensor, Tensor] | None) -> Tensor:
+        """mel (B, n_mels, F), z (B, F * hop) and (F0, voicing) (B, F) each for a pitch-driven student ->
+        x (B, F * hop), `chunk_frames` at a time.
 
         Each chunk's conditioning is upsampled with UPSAMPLER_CONTEXT frames on either side (the
-        transposed convolutions look one frame ahead and behind); the flows carry their past from
-        chunk to chunk in their caches (`Student.transform`), so nothing is recomputed and the result
-        equals one whole-input pass.
+        upsampler looks up to two frames ahead and one behind); flow 0's frame parameters are computed
+        once for the whole mel and sliced; the flows carry their past from chunk to chunk in their
+        caches (`Student.transform`), so nothing is recomputed and the result equals one whole-input pass.
         """
         hop, frames = self.audio.hop_length, mel.shape[-1]
         bodies, upsample = self.student_path()
+        params = None if contour is None else self.student.source_params(mel, *contour)  # F + 1 frames
         cache = self.student.init_cache(mel.shape[0], z.device)
         out = torch.empty_like(z)
         for start in range(0, frames, self.chunk_frames):
             end = min(frames, start + self.chunk_frames)
             lo, hi = max(0, start - UPSAMPLER_CONTEXT), min(frames, end + UPSAMPLER_CONTEXT)
             cond = upsample(mel[..., lo:hi])[..., (start - lo) * hop:(end - lo) * hop]
+            source = None if params is None else tuple(p[..., start:end + 1] for p in params)
             out[:, start * hop:end * hop], _, _, cache = self.student.transform(
-                z[:, start * hop:end * hop], cond, bodies, cache)
+                z[:, start * hop:end * hop], cond, bodies, cache, source)
         return out
 
     def synthesize_many(self, mels: list[Tensor], model: str = "student", batch_size: int = 8,
-                        temperature: float = 1.0, seed: int | None = None) -> list[Tensor]:
+                        temperature: float = 1.0, seed: int | None = None, pitch_shift: float = 1.0) -> list[Tensor]:
         """Many mels (n_mels, F_i) -> waveforms (F_i * hop,), in batches of similar length.
 
         A shorter mel in a batch is padded with the log floor (silence); its output is cut back.
@@ -206,7 +263,7 @@ class Vocoder:
             longest = max(mels[i].shape[-1] for i in chosen)
             batch = torch.stack([torch.nn.functional.pad(torch.as_tensor(mels[i]), (0, longest - mels[i].shape[-1]),
                                                          value=floor) for i in chosen])
-            wavs = self.synthesize(batch, model, temperature, seed)
+            wavs = self.synthesize(batch, model, temperature, seed, pitch_shift=pitch_shift)
             for row, i in enumerate(chosen):
                 results[i] = wavs[row, : mels[i].shape[-1] * self.audio.hop_length]
         return results

@@ -5,6 +5,11 @@ come from x^(k-1)_<t and the mel. Every flow is affine with parameters from the 
 stack is x = z * sigma_tot + mu_tot with sigma_tot = prod_k sigma_k and
 mu_tot = sum_k mu_k prod_{j>k} sigma_j: q(x_t | z_<t) is Gaussian.
 
+With `cfg.harmonic_noise`, flow 0 is `wavegen.nn.source.HarmonicNoise`: harmonics of the F0 with
+amplitudes from the mel's envelope plus z through an envelope-shaped causal filter, all parameters from
+the conditioning (mel, F0, voicing), so the stack stays x = z * sigma_tot + mu_tot. Its parameters per
+frame come from `source_params`; the WaveNet flows then refine the waveform.
+
 What costs what:
 * `sample`: K parallel passes (one per flow) for the whole utterance; returns x and the
   per-sample Gaussian (mu_tot, log_sigma_tot), whose log-density is the flow's exact density of
@@ -20,13 +25,16 @@ from typing import Protocol, Sequence
 import torch
 from torch import Tensor, nn
 
-from wavegen.config import FlowConfig
+from wavegen.config import AudioConfig, FlowConfig
 from wavegen.distributions import gaussian_log_prob
 from wavegen.nn import CausalWaveNet, MelUpsampler, full_precision, shift_right
 from wavegen.nn import compiled as compiled_loop
+from wavegen.nn.source import HarmonicNoise, SourceState
 from wavegen.nn.wavenet import Cache
 
-FlowCache = list[tuple[Tensor, Cache]]  # per flow: its last input (B, 1) and its body's cache
+# per WaveNet flow: its last input (B, 1) and its body's cache; with a harmonic flow 0, its state comes first
+FlowCache = list[tuple[Tensor, Cache] | SourceState]
+SourceParams = tuple[Tensor, Tensor, Tensor]  # `HarmonicNoise.frame_params`: amplitudes, taps, F0 per frame
 
 
 class Body(Protocol):
@@ -38,12 +46,15 @@ class Body(Protocol):
 
 
 class Student(nn.Module):
-    """K mel-conditioned Gaussian IAF flows sharing one mel upsampler."""
+    """K mel-conditioned Gaussian IAF flows sharing one mel upsampler (after a harmonic flow 0 if configured)."""
 
-    def __init__(self, cfg: FlowConfig):
+    def __init__(self, cfg: FlowConfig, audio: AudioConfig | None = None):
         super().__init__()
         self.cfg = cfg
-        self.upsampler = MelUpsampler(cfg.n_mels, cfg.upsample_scales)
+        if cfg.harmonic_noise and audio is None:
+            raise ValueError("a student with a harmonic-plus-noise flow needs the mel convention (audio)")
+        self.source = HarmonicNoise(cfg, audio) if cfg.harmonic_noise else None
+        self.upsampler = MelUpsampler(cfg.n_mels, cfg.upsample_scales, cfg.upsampler)
         self.flows = nn.ModuleList(
             CausalWaveNet(cfg.flow(k), in_channels=1, out_channels=2, zero_init_output=True)
             for k in range(cfg.n_flows)
@@ -54,27 +65,45 @@ class Student(nn.Module):
         mu, log_sigma = params.unbind(dim=1)
         return mu, torch.clamp(log_sigma, min=self.cfg.log_scale_min)
 
+    def source_params(self, mel: Tensor, f0: Tensor | None, voicing: Tensor | None) -> SourceParams | None:
+        """Flow 0's per-frame parameters (F + 1 frames) from mel (B, n_mels, F), F0 (B, F) in Hz and voicing
+        (B, F) in [0, 1]; None for a student without a harmonic flow."""
+        if self.source is None:
+            return None
+        if f0 is None or voicing is None:
+            raise ValueError("this student's harmonic flow needs F0 and voicing per frame (f0=, voicing=)")
+        return self.source.frame_params(mel, f0, voicing)
+
     def sample(self, mel: Tensor, z: Tensor | None = None, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+               generator: torch.Generator | None = None, f0: Tensor | None = None,
+               voicing: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """mel (B, n_mels, F) -> x, mu_tot, log_sigma_tot, each (B, F * hop). K parallel passes.
 
         z (B, F * hop) defaults to temperature * N(0, I). x = z * exp(log_sigma_tot) + mu_tot exactly.
+        f0 (B, F) in Hz and voicing (B, F) in [0, 1] drive the harmonic flow 0 (if the student has one).
         """
         cond = self.upsampler(mel)  # (B, n_mels, T)
         if z is None:
             z = temperature * torch.randn(cond.shape[0], cond.shape[2], generator=generator,
                                           device=cond.device, dtype=cond.dtype)
-        return self.transform(z, cond)[:3]
+        params = self.source_params(mel, f0, voicing)
+        cache = None if params is None else self.init_cache(z.shape[0], z.device)
+        return self.transform(z, cond, cache=cache, source=params)[:3]
 
     def init_cache(self, batch: int, device: torch.device | str = "cpu") -> FlowCache:
-        """The state before the first sample: per flow, its last input (zero: the shift right) and its
-        body's cache (`CausalWaveNet.init_cache`)."""
-        return [(torch.zeros(batch, 1, device=device), flow.init_cache(batch, torch.device(device)))
-                for flow in self.flows]
+        """The state before the first sample: flow 0's `SourceState` (if any), then per WaveNet flow its
+        last input (zero: the shift right) and its body's cache (`CausalWaveNet.init_cache`)."""
+        flows = [(torch.zeros(batch, 1, device=device), flow.init_cache(batch, torch.device(device)))
+                 for flow in self.flows]
+        return flows if self.source is None else [self.source.init_state(batch, device), *flows]
 
     def transform(self, z: Tensor, cond: Tensor, bodies: Sequence[Body] | None = None,
-                  cache: FlowCache | None = None) -> tuple[Tensor, Tensor, Tensor, FlowCache | None]:
+                  cache: FlowCache | None = None, source: SourceParams | None = None
+                  ) -> tuple[Tensor, Tensor, Tensor, FlowCache | None]:
         """z (B, T), upsampled cond (B, n_mels, T) -> x, mu_tot, log_sigma_tot (B, T) and the cache after z.
+
+        `source`: flow 0's frame parameters for z's frames and the next (`source_params`, sliced); a
+        student with a harmonic flow needs them and a cache (its phase and filter history live there).
 
         `bodies` replace the flows (e.g. the bf16 inference copies of `wavegen.nn.packed`, which may
         take other conditioning: `Vocoder.student_path`); by default the flows themselves run.
@@ -87,6 +116,13 @@ class Student(nn.Module):
         mu_tot = torch.zeros_like(z)
         log_sigma_tot = torch.zeros_like(z)
         new_cache = None if cache is None else []
+        if self.source is not None:
+            if cache is None or source is None:
+                raise ValueError("a harmonic flow 0 needs its frame parameters (source=) and a cache")
+            x, log_sigma_tot, state = self.source.excite(z, source, cache[0])
+            mu_tot = x - z * torch.exp(log_sigma_tot)
+            new_cache.append(state)
+            cache = cache[1:]
         for k, body in enumerate(bodies or self.flows):
             if cache is None:
                 params = body(shift_right(x.unsqueeze(1)), cond)
@@ -103,27 +139,35 @@ class Student(nn.Module):
         return x, mu_tot, log_sigma_tot, new_cache
 
     def forward(self, mel: Tensor, z: Tensor | None = None, temperature: float = 1.0,
-                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                generator: torch.Generator | None = None, f0: Tensor | None = None,
+                voicing: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """`sample`: what distillation calls (through DistributedDataParallel)."""
-        return self.sample(mel, z, temperature, generator)
+        return self.sample(mel, z, temperature, generator, f0, voicing)
 
     @torch.no_grad()
-    def invert(self, x: Tensor, mel: Tensor, compiled: bool = True) -> tuple[Tensor, Tensor]:
+    def invert(self, x: Tensor, mel: Tensor, compiled: bool = True, f0: Tensor | None = None,
+               voicing: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x (B, T) -> z (B, T) and the per-sample log|det dx/dz| = sum_k log sigma_k (B, T).
 
         Sequential: for each flow from the last, x^(k-1)_t = (x^(k)_t - mu_k,t) / sigma_k,t where
         mu_k,t depends on the already recovered x^(k-1)_<t; one cached body step per sample. On the
         CPU in float32 one compiled loop runs every flow (`wavegen.nn.compiled`), its stages pipelined
-        over the cores; `compiled=False` forces PyTorch, flow after flow.
+        over the cores; `compiled=False` forces PyTorch, flow after flow. A harmonic flow 0 is inverted last
+        (`HarmonicNoise.invert`, compiled), from f0 and voicing (B, F).
         """
         cond = self.upsampler(mel)
+        params = self.source_params(mel, f0, voicing)
         if compiled and compiled_loop.available(self.flows, x):  # all flows in one loop, pipelined over cores
             loop = compiled_loop.CompiledLoop(list(reversed(self.flows)), self.cfg.log_scale_min)
-            return loop.run_blocks(cond, x, compiled_loop.INVERT)
-        log_det = torch.zeros_like(x)
-        for flow in reversed(self.flows):
-            x, log_sigma = self._invert_flow(flow, x, cond)
-            log_det += log_sigma
+            x, log_det = loop.run_blocks(cond, x, compiled_loop.INVERT)
+        else:
+            log_det = torch.zeros_like(x)
+            for flow in reversed(self.flows):
+                x, log_sigma = self._invert_flow(flow, x, cond)
+                log_det += log_sigma
+        if params is not None:
+            x, log_sigma = self.source.invert(x, params)
+            log_det = log_det + log_sigma
         return x, log_det
 
     def _invert_flow(self, flow: CausalWaveNet, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
@@ -139,11 +183,11 @@ class Student(nn.Module):
             prev_t = previous[:, t : t + 1]
         return previous, log_sigmas
 
-    def inverse(self, x: Tensor, mel: Tensor) -> Tensor:
+    def inverse(self, x: Tensor, mel: Tensor, f0: Tensor | None = None, voicing: Tensor | None = None) -> Tensor:
         """x (B, T) -> z (B, T); sequential (see `invert`)."""
-        return self.invert(x, mel)[0]
+        return self.invert(x, mel, f0=f0, voicing=voicing)[0]
 
-    def log_prob(self, x: Tensor, mel: Tensor) -> Tensor:
+    def log_prob(self, x: Tensor, mel: Tensor, f0: Tensor | None = None, voicing: Tensor | None = None) -> Tensor:
         """Exact per-sample log density (B, T) of any waveform x (B, T); sequential (see `invert`)."""
-        z, log_det = self.invert(x, mel)
+        z, log_det = self.invert(x, mel, f0=f0, voicing=voicing)
         return gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z)) - log_det

@@ -27,7 +27,7 @@ class Teacher(nn.Module):
         super().__init__()
         self.cfg = cfg
         out_channels = 2 if cfg.output == "gaussian" else 3 * cfg.n_mixtures
-        self.upsampler = MelUpsampler(cfg.n_mels, cfg.upsample_scales)
+        self.upsampler = MelUpsampler(cfg.n_mels, cfg.upsample_scales, cfg.upsampler)
         self.body = CausalWaveNet(cfg, in_channels=1, out_channels=out_channels)
 
     def params(self, x: Tensor, mel: Tensor) -> Tensor:

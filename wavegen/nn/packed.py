@@ -79,10 +79,12 @@ class Workspace:
             self.cond = cond
 
 
-def fused_linear_available() -> bool:
-    """Whether this torch has oneDNN's fused linear + pointwise op (x86 and ARM builds with mkldnn)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(
+def fused_linear_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this torch has oneDNN's fused linear + pointwise op (x86 and ARM builds with mkldnn) for
+    `dtype` here: its bf16 path needs a CPU with bf16 (or AVX-512 BW/VL/DQ) instructions."""
+    have = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(
         torch.ops.mkldnn, "_reorder_linear_weight")
+    return have and (dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def pack(bodies: Sequence[CausalWaveNet], dtype: torch.dtype = torch.bfloat16,
@@ -105,7 +107,7 @@ class PackedBody:
 
     def __init__(self, body: CausalWaveNet, dtype: torch.dtype = torch.bfloat16, workspace: Workspace | None = None,
                  fused: bool | None = None, projection: tuple[Tensor, Tensor] | None = None):
-        self.fused = fused_linear_available() if fused is None else fused
+        self.fused = fused_linear_available(dtype) if fused is None else fused
         cfg = body.cfg
         k, g, r = cfg.kernel_size, cfg.gate_channels, cfg.residual_channels
         self.dtype, self.dilations, self.kernel_size, self.residual, self.gates = dtype, cfg.dilations, k, r, 2 * g

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wavegen.config import WaveNetConfig
+from wavegen.nn.source import frames_to_samples
 
 Cache = list[Tensor]  # one (B, C_layer, (k - 1) * d) queue of past inputs per causal conv
 
@@ -157,25 +158,33 @@ class CausalWaveNet(nn.Module):
 class MelUpsampler(nn.Module):
     """(B, n_mels, F) frames -> (B, n_mels, F * hop) one conditioning vector per sample.
 
-    Transposed convolutions with strides `scales` (their product is hop_length), kernel 2 * s,
-    each followed by a leaky ReLU, then a 1x1 conv; the output is cut to exactly F * hop samples.
+    mode "interpolate": a kernel-3 convolution over frames and a leaky ReLU, then linear interpolation to
+    the samples (frame f at sample f * hop), then a 1x1 conv. Sample t of frame f sees frames f - 1 .. f + 2.
+    mode "transposed" (the first models): transposed convolutions with strides `scales` (their product is
+    hop_length), kernel 2 * s, each followed by a leaky ReLU, then a 1x1 conv; measured, their strides
+    imprint a fixed comb at the hop rate that a spectrally trained student copies.
+    The output is cut to exactly F * hop samples.
     """
 
-    def __init__(self, n_mels: int, scales: tuple[int, ...]):
+    def __init__(self, n_mels: int, scales: tuple[int, ...], mode: str = "transposed"):
         super().__init__()
+        self.mode, self.hop = mode, math.prod(scales)
         layers: list[nn.Module] = []
-        for s in scales:
-            layers += [nn.ConvTranspose1d(n_mels, n_mels, 2 * s, stride=s, padding=s // 2), nn.LeakyReLU(0.4)]
+        if mode == "interpolate":
+            layers += [nn.Conv1d(n_mels, n_mels, 3, padding=1), nn.LeakyReLU(0.4)]
+        else:
+            for s in scales:
+                layers += [nn.ConvTranspose1d(n_mels, n_mels, 2 * s, stride=s, padding=s // 2), nn.LeakyReLU(0.4)]
         self.net = nn.Sequential(*layers, nn.Conv1d(n_mels, n_mels, 1))
-        self.hop = math.prod(scales)
 
     def forward(self, mel: Tensor) -> Tensor:
-        c = self.net(mel)
-        return c[..., : mel.shape[-1] * self.hop]
+        return self.net[-1](self.features(mel))
 
     def features(self, mel: Tensor) -> Tensor:
         """(B, n_mels, F) -> (B, n_mels, F * hop) before the final 1x1 conv, for inference copies that
         fold it into their own conditioning weights (`projection`)."""
+        if self.mode == "interpolate":
+            return frames_to_samples(self.net[:-1](mel), self.hop)
         return self.net[:-1](mel)[..., : mel.shape[-1] * self.hop]
 
     def projection(self) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,174 @@
+"""Pitch: the F0 labeller, the predictor's read-out, the harmonic source and flow 0, the pitch API and CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from wavegen.config import load_preset
+from wavegen.data import CorpusError, SegmentDataset, pitch_labels
+from wavegen.models.pitch import PitchPredictor, pitch_agreement
+from wavegen.nn import source
+from wavegen.audio import MelError
+
+
+def tone(f0: float, seconds: float, rate: int, harmonics: int = 8) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    wav = sum(0.5 / k * np.sin(2 * np.pi * k * f0 * t) for k in range(1, harmonics + 1) if k * f0 < rate / 2)
+    return (0.8 * wav / np.abs(wav).max()).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return load_preset("speech16k")
+
+
+@pytest.mark.parametrize("f0", [100.0, 220.0, 400.0])
+def test_labeller_reads_harmonic_tones_within_one_percent(speech, f0):
+    labels = pitch_labels(tone(f0, 1.0, speech.audio.sample_rate), speech.audio)
+    inner = labels[5:-5]  # frames whose window lies inside the tone
+    assert (inner > 0).mean() > 0.95
+    assert abs(np.median(inner[inner > 0]) / f0 - 1) < 0.01
+
+
+def test_labeller_reads_silence_and_white_noise_as_unvoiced(speech):
+    rate = speech.audio.sample_rate
+    assert (pitch_labels(np.zeros(rate, dtype=np.float32), speech.audio) == 0).all()
+    noise = (0.3 * np.random.default_rng(0).standard_normal(rate)).astype(np.float32)
+    assert (pitch_labels(noise, speech.audio) > 0).mean() < 0.1
+
+
+@pytest.mark.parametrize("f0", [100.0, 220.0, 400.0])
+def test_readout_recovers_f0_between_bins_within_one_percent(speech, f0):
+    model = PitchPredictor(speech.pitch)
+    cents = float(model.to_cents(torch.tensor(f0)))
+    logits = -0.5 * ((model.cents - cents) / 25.0) ** 2  # a peak between two bins, as training targets
+    read = float(model.readout(logits.view(1, -1, 1)))
+    assert abs(read / f0 - 1) < 0.01
+    assert abs(1200 * math.log2(read / f0)) < 5  # and closer than a quarter bin
+
+
+def test_pitch_agreement_counts_voicing_and_gross_errors():
+    ref = torch.tensor([0.0, 100.0, 100.0, 200.0, 0.0])
+    f0 = torch.tensor([50.0, 100.0, 106.0, 200.0, 80.0])
+    voiced = torch.tensor([False, True, True, True, True])
+    agreement = pitch_agreement(f0, voiced, ref)
+    assert agreement["voicing_error"] == pytest.approx(0.2)
+    assert agreement["gross_error"] == pytest.approx(1 / 3)  # 106 / 100 is 101 cents off
+    assert agreement["median_cents"] == pytest.approx(0.0)
+
+
+def test_fill_unvoiced_interpolates_gaps_in_log_f0_and_holds_the_edges():
+    f0 = torch.tensor([[0.0, 100.0, 0.0, 400.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    filled = source.fill_unvoiced(f0, f0 > 0)
+    torch.testing.assert_close(filled[0], torch.tensor([100.0, 100.0, 200.0, 400.0, 400.0]))
+    torch.testing.assert_close(filled[1], torch.full((5,), source.UNVOICED_F0))  # exp(log(100)) rounds
+
+
+def test_source_has_no_component_above_nyquist():
+    rate, f0_hz = 8000, 1500.0
+    f0 = torch.full((1, rate), f0_hz)
+    phase, _ = source.harmonic_phase(f0, rate)
+    signal = source.harmonics(phase, f0, 10, rate, cosines=False).sum(1)[0]  # only k = 1, 2 lie below 4 kHz
+    spectrum = torch.fft.rfft(signal * torch.hann_window(rate)).abs()
+    freqs = torch.fft.rfftfreq(rate, 1 / rate)
+    allowed = (freqs - 1500).abs().lt(20) | (freqs - 3000).abs().lt(20)
+    assert spectrum[~allowed].max() < 1e-3 * spectrum.max()  # aliases would sit at 3500, 1000, 500, 2000 Hz
+
+
+def test_phase_carries_across_chunks_so_chunked_equals_whole():
+    rate = 16000
+    f0 = 120 + 80 * torch.rand(2, 5 * rate, generator=torch.Generator().manual_seed(0))
+    whole, _ = source.harmonic_phase(f0, rate)
+    pieces, start = [], None
+    for lo in range(0, f0.shape[-1], 7777):
+        piece, start = source.harmonic_phase(f0[:, lo:lo + 7777], rate, start)
+        pieces.append(piece)
+    chunked = torch.cat(pieces, dim=1)
+    torch.testing.assert_close(source.harmonics(chunked, f0, 4, rate), source.harmonics(whole, f0, 4, rate),
+                               atol=1e-5, rtol=0)
+
+
+def test_harmonic_flow_streams_exactly_and_inverts(tiny):
+    from wavegen.models import Student
+
+    student = Student(tiny.student, tiny.audio).eval()
+    hop, frames = tiny.audio.hop_length, 9
+    mel = torch.randn(1, tiny.audio.n_mels, frames) - 4
+    f0 = torch.linspace(110, 240, frames)[None]
+    f0[:, 3:5] = 0.0
+    params = student.source_params(mel, f0, (f0 > 0).float())
+    z = torch.randn(1, frames * hop, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole, log_sigma, _ = student.source.excite(z, params, student.source.init_state(1))
+        state, pieces = student.source.init_state(1), []
+        for lo in range(0, frames, 4):
+            hi = min(frames, lo + 4)
+            piece, _, state = student.source.excite(z[:, lo * hop:hi * hop], tuple(p[..., lo:hi + 1] for p in params),
+                                                    state)
+            pieces.append(piece)
+        torch.testing.assert_close(torch.cat(pieces, 1), whole, atol=1e-5, rtol=0)
+        recovered, log_sigma_inv = student.source.invert(whole, params)
+    assert (recovered - z).abs().max() < 1e-3
+    torch.testing.assert_close(log_sigma_inv, log_sigma)
+
+
+def test_pitch_scaling_augmentation_scales_the_labels(speech):
+    from wavegen.stages import scale_pitch
+
+    rate, hop = speech.audio.sample_rate, speech.audio.hop_length
+    wav = tone(200.0, 1.0, rate)[: rate // hop * hop]
+    labels = torch.from_numpy(pitch_labels(wav, speech.audio))[None]
+    shifted, scaled = scale_pitch(torch.from_numpy(wav)[None], labels, (5, 4), hop)
+    measured = pitch_labels(shifted[0].numpy(), speech.audio)
+    inner = slice(5, scaled.shape[-1] - 5)
+    both = (measured[inner] > 0) & (scaled[0, inner].numpy() > 0)
+    assert both.mean() > 0.9
+    assert abs(np.median(scaled[0, inner].numpy()[both]) / 250.0 - 1) < 0.01
+    assert abs(np.median(measured[inner][both]) / 250.0 - 1) < 0.01
+
+
+def test_preprocess_writes_labels_and_an_old_cache_names_the_command(tiny_data, tiny, tmp_path):
+    import shutil
+
+    data = SegmentDataset(tiny_data, tiny.audio, "train", 8, pitch=True)
+    wav, mel, f0 = data.crop(0, 0, 8)
+    assert f0.shape == (8,) and (f0 > 0).any()
+    old = tmp_path / "old"
+    shutil.copytree(tiny_data, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["pitch_labels"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorpusError, match="--labels-only"):
+        SegmentDataset(old, tiny.audio, "train", 8, pitch=True)
+    SegmentDataset(old, tiny.audio, "train", 8)  # what needs no labels still works
+
+
+def test_vocoder_pitch_and_its_bad_input_errors(tiny_checkpoint, tiny):
+    from wavegen import Vocoder
+
+    vocoder = Vocoder.load(tiny_checkpoint, device="cpu")
+    f0, voicing = vocoder.pitch(torch.full((tiny.audio.n_mels, 1), -7.0))  # one frame is fine
+    assert f0.shape == voicing.shape == (1, 1)
+    bad = torch.full((tiny.audio.n_mels, 4), -5.0)
+    bad[0, 0] = float("nan")
+    for mel, message in ((bad, "NaN"), (torch.zeros(tiny.audio.n_mels + 1, 4) - 5, "mel bands")):
+        with pytest.raises(MelError, match=message) as from_pitch:
+            vocoder.pitch(mel)
+        with pytest.raises(MelError) as from_synthesis:
+            vocoder.synthesize(mel)
+        assert str(from_pitch.value) == str(from_synthesis.value) and "\n" not in str(from_pitch.value)
+
+
+def test_shipped_predictor_reads_tones_and_other_voices():
+    """The shipped predictor on harmonic tones it never heard: 100, 220 and 400 Hz within 1 %."""
+    from wavegen import Vocoder
+
+    vocoder = Vocoder.load("default", device="cpu")
+    for f0 in (100.0, 220.0, 400.0):
+        predicted, voicing = vocoder.pitch(vocoder.mel(tone(f0, 1.0, vocoder.audio.sample_rate)))
+        inner = predicted[0, 5:-5]
+        assert (voicing[0, 5:-5] > 0.5).float().mean() > 0.9
+        assert abs(float(inner[inner > 0].median()) / f0 - 1) < 0.01
