@@ -58,28 +58,29 @@ def tiny_data(tmp_path_factory, tone_corpus, tiny) -> Path:
     return out
 
 
+def train_tiny(folder: Path, make_stage, cfg, data: Path, preset) -> Path:
+    """Run the one training loop on the tiny corpus into `folder`, the model made after seeding."""
+    from wavegen.train import fit
+
+    torch.manual_seed(0)
+    fit(make_stage(preset), preset, cfg, data, folder, progress=False)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_teacher_run(tmp_path_factory, tiny_data, tiny) -> Path:
     """A tiny teacher trained for the preset's 200 steps (a few seconds)."""
     from wavegen.stages import teacher_stage
-    from wavegen.train import fit
 
-    out = tmp_path_factory.mktemp("teacher_run")
-    torch.manual_seed(0)
-    fit(teacher_stage(tiny), tiny, tiny.train, tiny_data, out, progress=False)
-    return out
+    return train_tiny(tmp_path_factory.mktemp("teacher_run"), teacher_stage, tiny.train, tiny_data, tiny)
 
 
 @pytest.fixture(scope="session")
 def tiny_pitch_run(tmp_path_factory, tiny_data, tiny) -> Path:
     """A tiny F0/voicing predictor trained for the preset's few steps."""
     from wavegen.stages import pitch_stage
-    from wavegen.train import fit
 
-    out = tmp_path_factory.mktemp("pitch_run")
-    torch.manual_seed(0)
-    fit(pitch_stage(tiny), tiny, tiny.pitch_train, tiny_data, out, progress=False)
-    return out
+    return train_tiny(tmp_path_factory.mktemp("pitch_run"), pitch_stage, tiny.pitch_train, tiny_data, tiny)
 
 
 @pytest.fixture(scope="session")

@@ -83,6 +83,23 @@ def test_vocode_with_a_missing_checkpoint_is_one_line(tmp_path):
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "no checkpoint folder" in result.stderr
 
 
+def test_pitch_command_writes_a_contour_per_input_and_a_bad_shift_writes_nothing(tmp_path, tiny_checkpoint, tiny):
+    (source,) = write_tone_corpus(tmp_path / "in", 1, tiny.audio.sample_rate, seed=3)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really")
+    result = wavegen("pitch", source, tmp_path / "broken.wav", "-o", tmp_path / "f0", "--checkpoint", tiny_checkpoint)
+    assert result.returncode == 1 and result.stderr.count("error:") == 1 and "broken.wav" in result.stderr
+    lines = (tmp_path / "f0" / f"{source.stem}.csv").read_text().splitlines()
+    frames = sf.info(source).frames // tiny.audio.hop_length
+    assert lines[0] == "time_s,f0_hz,voicing_probability" and len(lines) == frames + 1
+    time_s, hz, probability = map(float, lines[2].split(","))
+    assert time_s == pytest.approx(tiny.audio.hop_length / tiny.audio.sample_rate, abs=1e-4)
+    assert hz >= 0 and 0 <= probability <= 1
+    assert not (tmp_path / "f0" / "broken.csv").exists()
+    shifted = wavegen("vocode", source, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "--pitch-shift", "3")
+    assert shifted.returncode == 1 and "pitch shift must be within" in shifted.stderr
+    assert shifted.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_eval_reports_every_metric_beside_griffin_lim(tmp_path, tiny_checkpoint, tiny):
     write_tone_corpus(tmp_path / "ref", 2, tiny.audio.sample_rate, seed=5)

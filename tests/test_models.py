@@ -269,8 +269,9 @@ def test_inverse_of_sample_is_z_and_the_two_views_agree(student, tiny, compiled)
     recovered, log_det = student.invert(x, mel, compiled=compiled, **pitch)  # sample by sample, flow by flow
     assert (recovered - z).abs().max() <= 1e-3
     sequential = gaussian_log_prob(recovered, torch.zeros_like(z), torch.zeros_like(z)) - log_det
-    if compiled:  # the public log_prob is this computation
-        torch.testing.assert_close(student.log_prob(x, mel, **pitch), sequential)
+    if compiled:  # the public log_prob is this computation (numba's fresh and cached code round apart, and
+        # flow 0's inverse filter amplifies that: 1e-5 here)
+        torch.testing.assert_close(student.log_prob(x, mel, **pitch), sequential, atol=1e-4, rtol=1e-5)
     parallel = gaussian_log_prob(x, mu_tot, log_sigma_tot)  # the Gaussian q(x_t | z_<t)
     torch.testing.assert_close(sequential, parallel, atol=1e-3, rtol=1e-4)
 

@@ -183,3 +183,21 @@ def test_torchscript_export_matches_eager(vocoder, tiny, tmp_path):
         with torch.no_grad():
             torch.testing.assert_close(loaded(mel, z, f0, voicing),
                                        vocoder.student.sample(mel, z=z, f0=f0, voicing=voicing)[0], atol=1e-5, rtol=0)
+
+
+def test_the_student_runs_on_a_given_or_shifted_contour_and_refuses_bad_ones(vocoder, tiny):
+    from wavegen.vocoder import PitchError
+
+    mel = torch.full((1, tiny.audio.n_mels, 6), -6.0)
+    f0 = torch.tensor([0.0, 120.0, 125.0, 130.0, 0.0, 140.0])
+    contour, voicing = vocoder.source_contour(mel, f0, 1.25)
+    torch.testing.assert_close(contour[0], f0 * 1.25)
+    assert voicing[0].tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
+    z = torch.randn(1, 6 * tiny.audio.hop_length)
+    same = vocoder.synthesize(mel, z=z, f0=f0)
+    assert torch.equal(same, vocoder.synthesize(mel, z=z, f0=f0.numpy()))
+    assert not torch.equal(same, vocoder.synthesize(mel, z=z, f0=f0, pitch_shift=1.5))
+    for bad_f0, shift, message in ((f0, 2.5, "pitch shift"), (f0[:4], 1.0, "one per mel frame"),
+                                   (-f0, 1.0, "non-negative")):
+        with pytest.raises(PitchError, match=message):
+            vocoder.synthesize(mel, f0=bad_f0, pitch_shift=shift)

@@ -221,14 +221,20 @@ class HarmonicNoise(nn.Module):
         f0_t = frames_to_samples(f0, hop)[:, :length]  # (B, T)
         phase, end = harmonic_phase(f0_t, self.audio.sample_rate, state.phase)
         x0 = time_varying_fir(z, taps, state.history, hop)
-        x0 = x0 + self.harmonic(phase, f0_t, frames_to_samples(amp, hop)[..., :length])
+        x0 = x0 + self.harmonic(phase, f0_t, amp)
         sigma = frames_to_samples(taps[:, 0], hop)[:, :length]
         history = torch.cat([state.history, z], dim=1)[:, -(self.taps - 1):]
         return x0, torch.log(sigma), SourceState(end, history)
 
     def harmonic(self, phase: Tensor, f0: Tensor, amp: Tensor) -> Tensor:
-        """phase, f0 (B, T) and amplitudes (B, K, T) -> sum_k a_k sin(k phi) (B, T), k f0 < sr / 2 only."""
-        return (amp * harmonics(phase, f0, self.count, self.audio.sample_rate, cosines=False)).sum(dim=1)
+        """phase, f0 (B, T) and per-frame amplitudes (B, K, F + 1) -> sum_k a_k(t) sin(k phi_t) (B, T), k f0 < sr / 2
+        only. Only the harmonics the lowest F0 here puts below Nyquist are computed (the rest are zero):
+        a 200 Hz voice needs 40 of the 160 that 50 Hz would."""
+        count = self.count  # a traced graph (`wavegen export`) keeps them all: the cut depends on the data
+        if f0.numel() and not torch.jit.is_tracing():
+            count = min(count, int(self.audio.sample_rate / 2 / float(f0.min())) + 1)
+        amp = frames_to_samples(amp[:, :count], self.audio.hop_length)[..., : phase.shape[-1]]  # (B, count, T)
+        return (amp * harmonics(phase, f0, count, self.audio.sample_rate, cosines=False)).sum(dim=1)
 
     @torch.no_grad()
     def invert(self, x0: Tensor, params: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -238,7 +244,7 @@ class HarmonicNoise(nn.Module):
         hop, length = self.audio.hop_length, x0.shape[-1]
         f0_t = frames_to_samples(f0, hop)[:, :length]
         phase, _ = harmonic_phase(f0_t, self.audio.sample_rate)
-        residual = x0 - self.harmonic(phase, f0_t, frames_to_samples(amp, hop)[..., :length])
+        residual = x0 - self.harmonic(phase, f0_t, amp)
         z = _invert_fir(residual.double().numpy(), taps.double().numpy(), hop)
         sigma = frames_to_samples(taps[:, 0], hop)[:, :length]
         return torch.from_numpy(z).to(x0.dtype), torch.log(sigma)
