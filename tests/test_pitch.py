@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from wavegen.audio import MelError
 from wavegen.config import load_preset
 from wavegen.data import CorpusError, SegmentDataset, pitch_labels
 from wavegen.models.pitch import PitchPredictor, pitch_agreement
 from wavegen.nn import source
-from wavegen.audio import MelError
 
 
 def tone(f0: float, seconds: float, rate: int, harmonics: int = 8) -> np.ndarray:

@@ -1,6 +1,5 @@
 """The public inference API: loading, synthesis paths, chunking, batching, export."""
 
-import numpy as np
 import pytest
 import torch
 
