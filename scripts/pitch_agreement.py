@@ -17,6 +17,7 @@ from wavegen.checkpoint import import_model
 from wavegen.data import SegmentDataset
 from wavegen.models.pitch import pitch_agreement
 from wavegen.stages import scale_pitch
+from wavegen.vocoder import VOICED_THRESHOLD
 
 RATIOS = {"1.0": (1, 1), "0.7": (7, 10), "1.4": (7, 5)}
 
@@ -37,7 +38,9 @@ def main() -> None:
             wav, f0 = scale_pitch(wav[None], f0[None], ratio, preset.audio.hop_length)
             with torch.no_grad():
                 hz, voicing = model.predict(frontend(wav) if ratio[0] != ratio[1] else mel[None])
-            predicted.append(hz[0]), voiced.append(voicing[0] > 0.5), labels.append(f0[0, : hz.shape[-1]])
+            predicted.append(hz[0])
+            voiced.append(voicing[0] > VOICED_THRESHOLD)
+            labels.append(f0[0, : hz.shape[-1]])
         report[name] = pitch_agreement(torch.cat(predicted), torch.cat(voiced), torch.cat(labels))
         report[name]["files"] = len(data.items)
     print(json.dumps(report, indent=1))

@@ -39,7 +39,11 @@ GRIFFIN_LIM_ITERATIONS = 32
 CHUNK_FRAMES = 48
 UPSAMPLER_CONTEXT = 2  # mel frames the upsampler's convolutions (and interpolation) see on either side
 PITCH_SHIFT_RANGE = (0.5, 2.0)
-VOICED_THRESHOLD = 0.5  # a frame is voiced when the predictor's voicing probability exceeds this
+# A frame is voiced when the predictor's voicing probability exceeds this. Measured with the default student
+# on two disjoint sets of 20 held-out files (every 7th, offsets 0 and 3), PESQ-wb medians: 0.65 1.50;
+# 0.5 1.73 / 1.68; 0.35 1.80 / 1.85; 0.2 - / 1.91, STOI and MR-STFT level or better as it falls; 0.35 had
+# the lowest voicing error of the resynthesis against the original (0.131, vs 0.152 at 0.5, 0.149 at 0.2).
+VOICED_THRESHOLD = 0.35
 
 
 class StudentPath(NamedTuple):
