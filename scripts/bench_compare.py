@@ -40,7 +40,8 @@ def main() -> None:
               "precision": {c: v.precision for c, v in vocoders.items()}}
     for name, values in times.items():
         median = statistics.median(values)
-        report[name] = {"samples_per_s": samples / median, "rtf": median / (samples / first.audio.sample_rate)}
+        seconds = samples / first.audio.sample_rate
+        report[name] = {"samples_per_s": samples / median, "rtf": median / seconds}
     print(json.dumps(report, indent=1))
 
 

@@ -106,8 +106,8 @@ def test_harmonic_flow_streams_exactly_and_inverts(tiny):
         state, pieces = student.source.init_state(1), []
         for lo in range(0, frames, 4):
             hi = min(frames, lo + 4)
-            piece, _, state = student.source.excite(z[:, lo * hop:hi * hop], tuple(p[..., lo:hi + 1] for p in params),
-                                                    state)
+            frames_here = tuple(p[..., lo:hi + 1] for p in params)
+            piece, _, state = student.source.excite(z[:, lo * hop:hi * hop], frames_here, state)
             pieces.append(piece)
         torch.testing.assert_close(torch.cat(pieces, 1), whole, atol=1e-5, rtol=0)
         recovered, log_sigma_inv = student.source.invert(whole, params)

@@ -87,7 +87,8 @@ def teacher_stage(preset: Preset, teacher: Teacher | None = None) -> Stage:
         generator = torch.Generator(batch[1].device).manual_seed(RENDER_SEED)
         return model.generate(batch[1][:1, :, :frames], generator=generator)[0]
 
-    return Stage("teacher", teacher if teacher is not None else Teacher(preset.teacher), loss, validate, render)
+    model = teacher if teacher is not None else Teacher(preset.teacher)
+    return Stage("teacher", model, loss, validate, render)
 
 
 def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = None) -> Stage:
@@ -132,7 +133,8 @@ def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = No
         frames = _render_frames(preset, preset.distill_train.sample_seconds, batch[1].shape[-1])
         generator = torch.Generator(batch[1].device).manual_seed(RENDER_SEED)
         f0 = batch[2][:1, :frames]
-        return model.sample(batch[1][:1, :, :frames], generator=generator, f0=f0, voicing=(f0 > 0).float())[0][0]
+        mel = batch[1][:1, :, :frames]
+        return model.sample(mel, generator=generator, f0=f0, voicing=(f0 > 0).float())[0][0]
 
     return Stage("student", student if student is not None else Student(preset.student, preset.audio), loss,
                  validate, render, pitch=True)

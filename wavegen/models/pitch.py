@@ -33,7 +33,8 @@ class PitchPredictor(nn.Module):
                                              padding=cfg.kernel_size // 2)]
         self.input = layers[0]
         self.blocks = nn.ModuleList(
-            nn.Conv1d(cfg.channels, cfg.channels, cfg.kernel_size, dilation=d, padding=d * (cfg.kernel_size // 2))
+            nn.Conv1d(cfg.channels, cfg.channels, cfg.kernel_size, dilation=d,
+                      padding=d * (cfg.kernel_size // 2))
             for d in cfg.dilations)
         self.output = nn.Conv1d(cfg.channels, cfg.n_bins + 1, 1)
         cents = cfg.bin_cents * torch.arange(cfg.n_bins, dtype=torch.float32)
@@ -70,12 +71,13 @@ class PitchPredictor(nn.Module):
 
     @torch.no_grad()
     def predict(self, mel: Tensor) -> tuple[Tensor, Tensor]:
-        """log-mel (B, n_mels, F) -> F0 (B, F) in Hz (defined on every frame) and voicing probability (B, F)."""
+        """log-mel (B, n_mels, F) -> F0 (B, F) in Hz (on every frame) and voicing probability (B, F)."""
         logits, voicing = self(mel)
         return self.readout(logits), torch.sigmoid(voicing)
 
     def loss(self, mel: Tensor, f0: Tensor) -> dict[str, Tensor]:
-        """Cross-entropy against Gaussian-blurred targets on voiced frames + voicing BCE; f0 (B, F), 0 unvoiced."""
+        """Cross-entropy against Gaussian-blurred targets on voiced frames + voicing BCE; f0 (B, F), 0 where
+        unvoiced."""
         logits, voicing = self(mel)
         voiced = f0 > 0
         target_cents = self.to_cents(f0).unsqueeze(1)  # (B, 1, F)

@@ -100,7 +100,8 @@ def _envelope_matrix(audio: AudioConfig) -> Tensor:
 
 def spectral_envelope(log_mel: Tensor, audio: AudioConfig) -> Tensor:
     """(B, n_mels, F) natural-log mel -> (B, n_freqs, F) mean STFT magnitude per linear bin."""
-    return torch.einsum("fm,bmt->bft", envelope_matrix(audio).to(log_mel.device, log_mel.dtype), torch.exp(log_mel))
+    matrix = envelope_matrix(audio).to(log_mel.device, log_mel.dtype)
+    return torch.einsum("fm,bmt->bft", matrix, torch.exp(log_mel))
 
 
 def read_at(envelope: Tensor, freqs: Tensor, audio: AudioConfig) -> Tensor:
@@ -227,13 +228,14 @@ class HarmonicNoise(nn.Module):
         return x0, torch.log(sigma), SourceState(end, history)
 
     def harmonic(self, phase: Tensor, f0: Tensor, amp: Tensor) -> Tensor:
-        """phase, f0 (B, T) and per-frame amplitudes (B, K, F + 1) -> sum_k a_k(t) sin(k phi_t) (B, T), k f0 < sr / 2
-        only. Only the harmonics the lowest F0 here puts below Nyquist are computed (the rest are zero):
-        a 200 Hz voice needs 40 of the 160 that 50 Hz would."""
+        """phase, f0 (B, T) and per-frame amplitudes (B, K, F + 1) -> sum_k a_k(t) sin(k phi_t) (B, T), over
+        k f0 < sr / 2 only. Only the harmonics the lowest F0 here puts below Nyquist are computed (the rest
+        are zero): a 200 Hz voice needs 40 of the 160 that 50 Hz would."""
         count = self.count  # a traced graph (`wavegen export`) keeps them all: the cut depends on the data
         if f0.numel() and not torch.jit.is_tracing():
             count = min(count, int(self.audio.sample_rate / 2 / float(f0.min())) + 1)
-        amp = frames_to_samples(amp[:, :count], self.audio.hop_length)[..., : phase.shape[-1]]  # (B, count, T)
+        amp = frames_to_samples(amp[:, :count], self.audio.hop_length)
+        amp = amp[..., : phase.shape[-1]]  # (B, count, T)
         return (amp * harmonics(phase, f0, count, self.audio.sample_rate, cosines=False)).sum(dim=1)
 
     @torch.no_grad()
