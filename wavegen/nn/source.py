@@ -217,15 +217,21 @@ class HarmonicNoise(nn.Module):
                ) -> tuple[Tensor, Tensor, SourceState]:
         """z (B, F * hop) and the `frame_params` of its frames plus the next (F + 1) -> x0 (B, T), log sigma0
         (B, T) and the state after z. Consecutive chunks give exactly the whole pass."""
-        amp, taps, f0 = params
-        hop, length = self.audio.hop_length, z.shape[-1]
-        f0_t = frames_to_samples(f0, hop)[:, :length]  # (B, T)
-        phase, end = harmonic_phase(f0_t, self.audio.sample_rate, state.phase)
-        x0 = time_varying_fir(z, taps, state.history, hop)
-        x0 = x0 + self.harmonic(phase, f0_t, amp)
-        sigma = frames_to_samples(taps[:, 0], hop)[:, :length]
+        harmonic, log_sigma, end = self._conditioned(params, z.shape[-1], state.phase)
+        x0 = time_varying_fir(z, params[1], state.history, self.audio.hop_length) + harmonic
         history = torch.cat([state.history, z], dim=1)[:, -(self.taps - 1):]
-        return x0, torch.log(sigma), SourceState(end, history)
+        return x0, log_sigma, SourceState(end, history)
+
+    def _conditioned(self, params: tuple[Tensor, Tensor, Tensor], length: int, phase: Tensor | None
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+        """What depends on the conditioning alone, for `length` samples from `phase`: the harmonic sum
+        (B, T), log sigma0 = log h_0(t) (B, T) and the end phase (B,)."""
+        amp, taps, f0 = params
+        hop = self.audio.hop_length
+        f0_t = frames_to_samples(f0, hop)[:, :length]  # (B, T)
+        phase, end = harmonic_phase(f0_t, self.audio.sample_rate, phase)
+        sigma = frames_to_samples(taps[:, 0], hop)[:, :length]
+        return self.harmonic(phase, f0_t, amp), torch.log(sigma), end
 
     def harmonic(self, phase: Tensor, f0: Tensor, amp: Tensor) -> Tensor:
         """phase, f0 (B, T) and per-frame amplitudes (B, K, F + 1) -> sum_k a_k(t) sin(k phi_t) (B, T), over
@@ -242,14 +248,9 @@ class HarmonicNoise(nn.Module):
     def invert(self, x0: Tensor, params: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """x0 (B, T) -> z (B, T) and log sigma0 (B, T), from the start of the sequence; sequential in t
         (z_t needs z_<t through the filter), compiled."""
-        amp, taps, f0 = params
-        hop, length = self.audio.hop_length, x0.shape[-1]
-        f0_t = frames_to_samples(f0, hop)[:, :length]
-        phase, _ = harmonic_phase(f0_t, self.audio.sample_rate)
-        residual = x0 - self.harmonic(phase, f0_t, amp)
-        z = _invert_fir(residual.double().numpy(), taps.double().numpy(), hop)
-        sigma = frames_to_samples(taps[:, 0], hop)[:, :length]
-        return torch.from_numpy(z).to(x0.dtype), torch.log(sigma)
+        harmonic, log_sigma, _ = self._conditioned(params, x0.shape[-1], None)
+        z = _invert_fir((x0 - harmonic).double().numpy(), params[1].double().numpy(), self.audio.hop_length)
+        return torch.from_numpy(z).to(x0.dtype), log_sigma
 
 
 @numba.njit(cache=True)
