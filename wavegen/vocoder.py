@@ -68,6 +68,11 @@ def check_pitch_shift(pitch_shift: float) -> float:
     return pitch_shift
 
 
+def voiced(probability: Tensor) -> Tensor:
+    """Voicing probability (B, F) -> voiced (1) or not (0), as the student and `Vocoder.pitch` take it."""
+    return (probability > VOICED_THRESHOLD).float()
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -162,7 +167,7 @@ class Vocoder:
         if self.pitch_model is None:
             raise ModelUnavailable("this checkpoint has no pitch predictor (pitch.safetensors)")
         f0, voicing = self.pitch_model.predict(check_mel(mel, self.audio).to(self.device))
-        return torch.where(voicing > VOICED_THRESHOLD, f0, torch.zeros_like(f0)).cpu(), voicing.cpu()
+        return torch.where(voiced(voicing) > 0, f0, torch.zeros_like(f0)).cpu(), voicing.cpu()
 
     def source_contour(self, mel: Tensor, f0: Tensor | np.ndarray | None, pitch_shift: float
                         ) -> tuple[Tensor, Tensor] | None:
@@ -175,7 +180,7 @@ class Vocoder:
             if self.pitch_model is None:
                 raise ModelUnavailable("this student is pitch-driven: give f0 or load a pitch predictor")
             contour, voicing = self.pitch_model.predict(mel)
-            voicing = (voicing > VOICED_THRESHOLD).float()
+            voicing = voiced(voicing)
         else:
             contour = torch.as_tensor(np.asarray(f0, dtype=np.float32) if isinstance(f0, np.ndarray) else f0)
             contour = contour.float().reshape(-1, contour.shape[-1]).expand(mel.shape[0], -1).to(self.device)
