@@ -127,10 +127,24 @@ def expand_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
     return list(dict.fromkeys(files)), missing
 
 
+def input_mel(path: Path, vocoder) -> torch.Tensor:
+    """An input file's mel (1, n_mels, F): a .npy/.pt mel as it is, audio through the vocoder's frontend."""
+    from wavegen.audio import MEL_EXTENSIONS, load_mel_file
+
+    if path.suffix.lower() in MEL_EXTENSIONS:
+        return load_mel_file(path, vocoder.audio)
+    return vocoder.mel(load_audio(path, vocoder.audio.sample_rate))
+
+
+def failure_line(path: Path, exc: Exception) -> str:
+    """One error line that names the file once."""
+    return str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+
+
 def cmd_vocode(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from wavegen.audio import MEL_EXTENSIONS, load_mel_file, save_audio
+    from wavegen.audio import save_audio
     from wavegen.vocoder import Vocoder
 
     check_pitch_shift(args.pitch_shift)  # before anything is read or written
@@ -145,13 +159,9 @@ def cmd_vocode(args: argparse.Namespace) -> int:
             if target in jobs:
                 raise FileExistsError(f"{path}: same output name as {jobs[target][0]} ({target.name})")
             refuse_overwrite(target, args.force)
-            if path.suffix.lower() in MEL_EXTENSIONS:
-                mel = load_mel_file(path, vocoder.audio)[0]
-            else:
-                mel = vocoder.mel(load_audio(path, vocoder.audio.sample_rate))[0]
-            jobs[target] = (path, mel)
+            jobs[target] = (path, input_mel(path, vocoder)[0])
         except USER_ERRORS as exc:
-            failures.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+            failures.append(failure_line(path, exc))
     out.mkdir(parents=True, exist_ok=True)
     targets = list(jobs)
     bar = tqdm(total=len(targets), desc=f"vocode ({args.model})", unit="file")
@@ -170,7 +180,6 @@ def cmd_vocode(args: argparse.Namespace) -> int:
 
 
 def cmd_pitch(args: argparse.Namespace) -> int:
-    from wavegen.audio import MEL_EXTENSIONS, load_mel_file
     from wavegen.vocoder import Vocoder
 
     inputs, missing = expand_inputs(args.inputs)
@@ -183,13 +192,9 @@ def cmd_pitch(args: argparse.Namespace) -> int:
         target = out / f"{path.stem}.csv"
         try:
             refuse_overwrite(target, args.force)
-            if path.suffix.lower() in MEL_EXTENSIONS:
-                mel = load_mel_file(path, vocoder.audio)
-            else:
-                mel = vocoder.mel(load_audio(path, vocoder.audio.sample_rate))
-            f0, voicing = (t[0].numpy() for t in vocoder.pitch(mel))
+            f0, voicing = (t[0].numpy() for t in vocoder.pitch(input_mel(path, vocoder)))
         except USER_ERRORS as exc:
-            failures.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+            failures.append(failure_line(path, exc))
             continue
         lines = ["time_s,f0_hz,voicing_probability"] + [
             f"{i * seconds_per_frame:.4f},{hz:.2f},{p:.3f}" for i, (hz, p) in enumerate(zip(f0, voicing))]
