@@ -227,3 +227,49 @@ def load_mel_file(path: str | Path, audio: AudioConfig) -> torch.Tensor:
     if isinstance(mel, np.ndarray) and not np.issubdtype(mel.dtype, np.number):
         raise MelError(f"{path}: holds {mel.dtype} values, not numbers")
     return check_mel(torch.as_tensor(mel), audio, name=str(path))
+
+
+PITCH_FLOOR, PITCH_CEILING = 50.0, 800.0  # Hz: the labeller's search range (speech, children included)
+
+
+def pitch_labels(wav: np.ndarray, audio: AudioConfig) -> np.ndarray:
+    """(F * hop,) waveform -> (F,) F0 in Hz at the mel frames (frame f centred at sample f * hop), 0 where
+    unvoiced: DIO + StoneMask (WORLD, via pyworld) with its frames on the mel's hop."""
+    import warnings
+
+    with warnings.catch_warnings():  # pyworld's __init__ imports the deprecated pkg_resources
+        warnings.simplefilter("ignore", UserWarning)
+        import pyworld
+
+    x = np.ascontiguousarray(wav, dtype=np.float64)
+    period = 1000.0 * audio.hop_length / audio.sample_rate
+    f0, times = pyworld.dio(x, audio.sample_rate, f0_floor=PITCH_FLOOR, f0_ceil=PITCH_CEILING, frame_period=period)
+    f0 = pyworld.stonemask(x, f0, times, audio.sample_rate)
+    frames = wav.size // audio.hop_length
+    out = np.zeros(frames, dtype=np.float32)
+    out[: min(frames, f0.size)] = f0[:frames]
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _hann(n_fft: int, device: str) -> torch.Tensor:
+    return torch.hann_window(n_fft, device=device)
+
+
+def stft_magnitude(x: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """(B, T) -> (B, n_fft // 2 + 1, frames) magnitude, Hann window, hop n_fft // 4."""
+    spec = torch.stft(x.float(), n_fft, hop_length=n_fft // 4, win_length=n_fft,
+                      window=_hann(n_fft, str(x.device)), center=True, return_complex=True)
+    return spec.abs().clamp(min=1e-7)
+
+
+def stft_distance(x: torch.Tensor, y: torch.Tensor, ffts: tuple[int, ...]) -> torch.Tensor:
+    """Multi-resolution STFT distance of x to the reference y, both (B, T): spectral convergence + log-magnitude
+    L1, averaged over the resolutions `ffts`. The student's training loss and `wavegen eval`'s metric."""
+    total = x.new_zeros(())
+    for n_fft in ffts:
+        mag_x, mag_y = stft_magnitude(x, n_fft), stft_magnitude(y, n_fft)
+        convergence = torch.linalg.norm(mag_y - mag_x) / torch.linalg.norm(mag_y).clamp(min=1e-7)
+        log_mag = torch.mean(torch.abs(torch.log(mag_y) - torch.log(mag_x)))
+        total = total + convergence + log_mag
+    return total / len(ffts)

@@ -30,10 +30,9 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 from tqdm import tqdm
 
-from wavegen.audio import AUDIO_EXTENSIONS, AudioError, atomic_write, load_audio, log_mel
+from wavegen.audio import AUDIO_EXTENSIONS, AudioError, atomic_write, load_audio, log_mel, pitch_labels
 from wavegen.config import AudioConfig
 
-PITCH_FLOOR, PITCH_CEILING = 50.0, 800.0  # Hz: the labeller's search range (speech, children included)
 HELDOUT_MODULUS = 20  # one file in 20 is held out for validation
 HELDOUT_LIST = "heldout.txt"  # a corpus may pin its own split: one relative path per line
 MANIFEST = "manifest.json"
@@ -106,25 +105,6 @@ def prepare_utterance(path: str | Path, audio: AudioConfig, top_db: float = 40.0
     wav = (trimmed[: frames * audio.hop_length] * (peak / level)).astype(np.float32)
     mel = log_mel(wav, audio).numpy()
     return wav, mel
-
-
-def pitch_labels(wav: np.ndarray, audio: AudioConfig) -> np.ndarray:
-    """(F * hop,) waveform -> (F,) F0 in Hz at the mel frames (frame f centred at sample f * hop), 0 where
-    unvoiced: DIO + StoneMask (WORLD, via pyworld) with its frames on the mel's hop."""
-    import warnings
-
-    with warnings.catch_warnings():  # pyworld's __init__ imports the deprecated pkg_resources
-        warnings.simplefilter("ignore", UserWarning)
-        import pyworld
-
-    x = np.ascontiguousarray(wav, dtype=np.float64)
-    period = 1000.0 * audio.hop_length / audio.sample_rate
-    f0, times = pyworld.dio(x, audio.sample_rate, f0_floor=PITCH_FLOOR, f0_ceil=PITCH_CEILING, frame_period=period)
-    f0 = pyworld.stonemask(x, f0, times, audio.sample_rate)
-    frames = wav.size // audio.hop_length
-    out = np.zeros(frames, dtype=np.float32)
-    out[: min(frames, f0.size)] = f0[:frames]
-    return out
 
 
 def _label_one(job: tuple[str, str, AudioConfig]) -> str | None:

@@ -18,10 +18,10 @@ import librosa
 import numpy as np
 import torch
 
-from wavegen.audio import AUDIO_EXTENSIONS, AudioError, load_audio, log_mel, resample, save_audio
+from wavegen.audio import (AUDIO_EXTENSIONS, AudioError, load_audio, log_mel, pitch_labels, resample, save_audio,
+                           stft_distance)
 from wavegen.config import AudioConfig
-from wavegen.data import discover, pitch_labels
-from wavegen.losses import multi_resolution_stft_loss
+from wavegen.data import discover
 from wavegen.vocoder import Vocoder
 
 METRIC_RATE = 16000  # PESQ wide-band and STOI are defined at 16 kHz
@@ -61,7 +61,7 @@ def resynthesis_metrics(ref: np.ndarray, syn: np.ndarray, audio: AudioConfig) ->
     except PesqError:
         pesq_wb = math.nan
     return {
-        "stft": float(multi_resolution_stft_loss(syn_t, ref_t, (512, 1024, 2048))),
+        "stft": float(stft_distance(syn_t, ref_t, (512, 1024, 2048))),
         "mel_l1": float(np.mean(np.abs(ref_mel - syn_mel))),
         "mcd_db": mel_cepstral_distortion(ref_mel, syn_mel),
         "pesq_wb": pesq_wb,
@@ -219,7 +219,8 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
                 name = "student" if each is vocoder else f"student_{precision}"
                 record(name, total, elapsed, peak, f"parallel IAF, {precision}, chunks of {each.chunk_frames} frames")
             x = vocoder.synthesize(mel[..., :frames], "student", seed=0).to(vocoder.device)
-            f0, voicing = vocoder.source_contour(mel[..., :frames], None, 1.0) or (None, None)
+            contour = vocoder.source_contour(mel[..., :frames], None, 1.0)
+            f0, voicing = (None, None) if contour is None else contour[:2]
             vocoder.student.log_prob(x[:, :hop], mel[..., :1], *(c[:, :1] if c is not None else None
                                                                    for c in (f0, voicing)))  # warm-up
             elapsed, peak = timed(lambda: vocoder.student.log_prob(x, mel[..., :frames], f0, voicing), 1)
