@@ -15,9 +15,8 @@ import torch
 from wavegen.audio import MelFrontend
 from wavegen.checkpoint import import_model
 from wavegen.data import SegmentDataset
-from wavegen.models.pitch import pitch_agreement
+from wavegen.models.pitch import VOICED_THRESHOLD, pitch_agreement
 from wavegen.stages import scale_pitch
-from wavegen.vocoder import VOICED_THRESHOLD
 
 RATIOS = {"1.0": (1, 1), "0.7": (7, 10), "1.4": (7, 5)}
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from wavegen.audio import MelError
+from wavegen.audio import MelError, pitch_labels
 from wavegen.config import load_preset
-from wavegen.data import CorpusError, SegmentDataset, pitch_labels
-from wavegen.models.pitch import PitchPredictor, pitch_agreement
+from wavegen.data import CorpusError, SegmentDataset
+from wavegen.models.pitch import SOURCE_RAMP, VOICED_THRESHOLD, PitchPredictor, pitch_agreement, source_voicing
 from wavegen.nn import source
 
 
@@ -172,3 +172,56 @@ def test_shipped_predictor_reads_tones_and_other_voices():
         inner = predicted[0, 5:-5]
         assert (voicing[0, 5:-5] > 0.5).float().mean() > 0.9
         assert abs(float(inner[inner > 0].median()) / f0 - 1) < 0.01
+
+
+def test_source_voicing_is_soft_and_full_well_below_the_voiced_threshold():
+    probability = torch.tensor([0.0, SOURCE_RAMP / 2, SOURCE_RAMP, VOICED_THRESHOLD, 1.0])
+    assert source_voicing(probability).tolist() == pytest.approx([0.0, 0.5, 1.0, 1.0, 1.0])
+    assert SOURCE_RAMP < VOICED_THRESHOLD
+
+
+@pytest.mark.parametrize("factor", [0.8, 1.25, 1.5])
+def test_a_shifted_resynthesis_measures_as_shifted(factor):
+    """The shipped student on a steady voiced input (a 150 Hz harmonic tone, F0 from the mel): the output's
+    F0, by the labeller, over the unshifted output's has a median within 2 % of the requested factor."""
+    from wavegen import Vocoder
+
+    vocoder = Vocoder.load("default", device="cpu")
+    audio = vocoder.audio
+    mel = vocoder.mel(tone(150.0, 1.0, audio.sample_rate))
+    plain, shifted = (vocoder.synthesize(mel, seed=0, pitch_shift=s)[0].numpy() for s in (1.0, factor))
+    a, b = pitch_labels(plain, audio), pitch_labels(shifted, audio)
+    both = (a > 0) & (b > 0)
+    assert both.mean() > 0.8
+    assert abs(float(np.median(b[both] / a[both])) / factor - 1) < 0.02
+
+
+def test_inference_imports_neither_the_losses_nor_the_corpus_code():
+    """The vocoder and the app load what synthesis needs: the STFT distance lives in wavegen.audio."""
+    import subprocess
+    import sys
+
+    code = ("import sys, app, wavegen.vocoder, wavegen.contour; "
+            "print(sorted(m for m in ('wavegen.losses', 'wavegen.data', 'wavegen.train') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_a_retuned_source_reads_the_formants_not_the_old_harmonics(speech):
+    """A flat-spectrum 150 Hz tone's mel, sung at 225 Hz (x1.5): read at k x 225 Hz, the mel's own harmonic
+    ripple puts every odd harmonic in a valley; retuned, the amplitudes follow the (flat) envelope."""
+    flow0 = source.HarmonicNoise(speech.student, speech.audio)
+    rate = speech.audio.sample_rate
+    t = np.arange(rate) / rate
+    wav = sum(np.sin(2 * np.pi * k * 150.0 * t) for k in range(1, 20)).astype(np.float32) * 0.02
+    from wavegen.audio import log_mel
+
+    mel = log_mel(torch.from_numpy(wav)[None], speech.audio)
+    f0, voicing = torch.full(mel.shape[::2], 225.0), torch.ones(mel.shape[::2])
+    middle = mel.shape[-1] // 2
+    with torch.no_grad():
+        plain, retuned = (flow0.frame_params(mel, f0, voicing, retuned=r)[0][0, :6, middle] for r in (False, True))
+    odd_over_even = lambda amp: float((amp[0] + amp[2] + amp[4]) / (amp[1] + amp[3] + amp[5]))  # noqa: E731
+    assert odd_over_even(plain) < 0.6
+    assert 0.75 < odd_over_even(retuned) < 1.35

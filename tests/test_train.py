@@ -76,6 +76,24 @@ def test_distillation_lowers_kl_and_the_stft_loss_alone_lowers_stft(tiny_teacher
     assert all(not p.requires_grad or p.grad is None for p in teacher.parameters())  # teacher stayed frozen
 
 
+def test_distillation_on_predicted_f0_trains_the_student_and_leaves_the_predictor(tiny_teacher_run, tiny_pitch_run,
+                                                                                 tiny_data, tiny, tmp_path):
+    """f0_source predictor: the student runs on the frozen predictor's F0 and soft voicing (what inference gives
+    it); its STFT distance falls and the predictor's weights do not move. Without a predictor: a clear error."""
+    teacher, _ = import_model(tiny_teacher_run / "teacher.safetensors", "teacher")
+    pitch, _ = import_model(tiny_pitch_run / "pitch.safetensors", "pitch")
+    before = {k: v.clone() for k, v in pitch.state_dict().items()}
+    preset = dataclasses.replace(tiny, distill=dataclasses.replace(tiny.distill, kl_weight=0.0,
+                                                                   f0_source="predictor"))
+    with pytest.raises(ValueError, match="give the pitch predictor"):
+        distill_stage(preset, teacher)
+    torch.manual_seed(0)
+    fit(distill_stage(preset, teacher, pitch=pitch), preset, preset.distill_train, tiny_data, tmp_path, progress=False)
+    valid = read_log(tmp_path, "valid")
+    assert valid[-1]["stft"] < valid[0]["stft"], valid
+    assert all(torch.equal(before[k], v) for k, v in pitch.state_dict().items())
+
+
 def test_non_finite_loss_skips_the_step(tiny, tiny_data, tmp_path):
     stage = teacher_stage(tiny)
     calls = {"n": 0}

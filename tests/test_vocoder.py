@@ -56,7 +56,8 @@ def test_chunked_student_equals_one_pass_for_a_fixed_z(vocoder, tiny):
     frames = 37
     mel = vocoder.mel(torch.sin(torch.arange(frames * tiny.audio.hop_length) * 0.05))
     z = torch.randn(1, frames * tiny.audio.hop_length, generator=torch.Generator().manual_seed(0))
-    f0, voicing = vocoder.source_contour(mel, None, 1.0)
+    f0, voicing, retuned = vocoder.source_contour(mel, None, 1.0)
+    assert not retuned  # the mel's own pitch
     with torch.inference_mode():
         whole = vocoder.student.sample(mel, z=z, f0=f0, voicing=voicing)[0].clamp(-1, 1)
     chunk_frames, vocoder.chunk_frames = vocoder.chunk_frames, 5
@@ -158,13 +159,13 @@ def test_many_inputs_are_batched_and_cut_back(vocoder, tiny):
 def test_resynthesis_is_close_to_the_input_for_the_trained_tiny_student(vocoder, tiny_data, tiny):
     """The distilled student tracks the mel it is given better than white noise does."""
     from wavegen.data import SegmentDataset
-    from wavegen.losses import multi_resolution_stft_loss
+    from wavegen.audio import stft_distance
 
     wav, mel = SegmentDataset(tiny_data, tiny.audio, "valid", 16).crop(0, 0, 16)
     out = vocoder.synthesize(mel, "student", seed=0)
     noise = 0.1 * torch.randn_like(out)
     ffts = (64, 128, 256)
-    assert multi_resolution_stft_loss(out, wav[None], ffts) < multi_resolution_stft_loss(noise, wav[None], ffts)
+    assert stft_distance(out, wav[None], ffts) < stft_distance(noise, wav[None], ffts)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -189,8 +190,9 @@ def test_the_student_runs_on_a_given_or_shifted_contour_and_refuses_bad_ones(voc
 
     mel = torch.full((1, tiny.audio.n_mels, 6), -6.0)
     f0 = torch.tensor([0.0, 120.0, 125.0, 130.0, 0.0, 140.0])
-    contour, voicing = vocoder.source_contour(mel, f0, 1.25)
+    contour, voicing, retuned = vocoder.source_contour(mel, f0, 1.25)
     torch.testing.assert_close(contour[0], f0 * 1.25)
+    assert retuned
     assert voicing[0].tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
     z = torch.randn(1, 6 * tiny.audio.hop_length)
     same = vocoder.synthesize(mel, z=z, f0=f0)
@@ -200,3 +202,6 @@ def test_the_student_runs_on_a_given_or_shifted_contour_and_refuses_bad_ones(voc
                                    (-f0, 1.0, "non-negative")):
         with pytest.raises(PitchError, match=message):
             vocoder.synthesize(mel, f0=bad_f0, pitch_shift=shift)
+    for model in ("teacher", "griffin-lim"):  # they read F0 from the mel alone: refused, not ignored
+        with pytest.raises(PitchError, match=f"the {model} reads F0 from the mel alone"):
+            vocoder.synthesize(mel, model, pitch_shift=1.25)

@@ -6,11 +6,11 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from wavegen.audio import MelFrontend
+from wavegen.audio import MelFrontend, stft_distance
 from wavegen.config import Preset
-from wavegen.losses import NATS_TO_BITS, distillation_kl, multi_resolution_stft_loss, nll
+from wavegen.losses import NATS_TO_BITS, distillation_kl, nll
 from wavegen.models import Student, Teacher
-from wavegen.models.pitch import PitchPredictor, pitch_agreement
+from wavegen.models.pitch import PitchPredictor, pitch_agreement, voiced
 from wavegen.train import Batch, Stage
 
 RENDER_SEED = 0  # validation audio uses its own generator: the training RNG stream is untouched
@@ -64,7 +64,7 @@ def pitch_stage(preset: Preset, model: PitchPredictor | None = None) -> Stage:
     def validate(model: PitchPredictor, batch: Batch) -> dict[str, float]:
         _, mel, f0 = batch
         predicted, voicing = model.predict(mel)
-        return {**pitch_agreement(predicted, voicing > 0.5, f0), "loss": float(model.loss(mel, f0)["loss"])}
+        return {**pitch_agreement(predicted, voiced(voicing) > 0, f0), "loss": float(model.loss(mel, f0)["loss"])}
 
     return Stage("pitch", model if model is not None else PitchPredictor(preset.pitch), loss, validate,
                  lambda model, batch: None, pitch=True)
@@ -91,16 +91,33 @@ def teacher_stage(preset: Preset, teacher: Teacher | None = None) -> Stage:
     return Stage("teacher", model, loss, validate, render)
 
 
-def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = None) -> Stage:
+def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = None,
+                  pitch: PitchPredictor | None = None) -> Stage:
     """ClariNet distillation: closed-form KL(q || p) on the student's own samples, scored by the frozen
     teacher in one parallel pass (gradients flow through the teacher into the sample), the log-scale
-    regulariser, and a multi-resolution STFT loss against the real audio of the same mel."""
+    regulariser, and a multi-resolution STFT loss against the real audio of the same mel.
+
+    A pitch-driven student runs on the corpus's F0 labels (voiced where F0 > 0) or, with
+    `distill.f0_source: predictor`, on what inference gives it: the frozen `pitch` predictor's F0 and
+    harmonic weight (`PitchPredictor.source`) read from the same mel."""
     cfg = preset.distill
     teacher = teacher.eval().requires_grad_(False)
     frontend = MelFrontend(preset.audio)
+    if cfg.f0_source == "predictor":
+        if pitch is None:
+            raise ValueError("distill.f0_source is 'predictor': give the pitch predictor")
+        pitch = pitch.eval().requires_grad_(False)
+
+    def contour(mel: Tensor, f0: Tensor) -> tuple[Tensor, Tensor]:
+        """The student's F0 and voicing (B, F) for a batch."""
+        if cfg.f0_source == "labels":
+            return f0, (f0 > 0).float()
+        pitch.to(mel.device)
+        return pitch.source(mel)
 
     def student_and_teacher(model: nn.Module, mel: Tensor, f0: Tensor, generator=None):
-        x, mu_q, log_sigma_q = model(mel, generator=generator, f0=f0, voicing=(f0 > 0).float())
+        f0, voicing = contour(mel, f0)
+        x, mu_q, log_sigma_q = model(mel, generator=generator, f0=f0, voicing=voicing)
         if cfg.kl_weight == 0:  # STFT only: the teacher is not run
             return x, None
         mu_p, log_sigma_p = teacher.gaussian(teacher.params(x, mel))
@@ -109,7 +126,7 @@ def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = No
     def loss(model: nn.Module, wav: Tensor, mel: Tensor, f0: Tensor) -> dict[str, Tensor]:
         teacher.to(mel.device)
         x, gaussians = student_and_teacher(model, mel, f0)
-        stft = multi_resolution_stft_loss(x, wav, cfg.stft_ffts)
+        stft = stft_distance(x, wav, cfg.stft_ffts)
         if gaussians is None:
             return {"loss": cfg.stft_weight * stft, "stft": stft}
         kl, reg = distillation_kl(*gaussians, clamp=cfg.log_scale_clamp, reg_weight=cfg.log_scale_reg)
@@ -122,19 +139,19 @@ def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = No
         generator = torch.Generator(mel.device).manual_seed(RENDER_SEED)
         x, gaussians = student_and_teacher(model, mel, f0, generator)
         if gaussians is None:
-            return {"stft": float(multi_resolution_stft_loss(x, wav, cfg.stft_ffts)),
+            return {"stft": float(stft_distance(x, wav, cfg.stft_ffts)),
                     "mel_l1": float((frontend(x) - mel).abs().mean())}
         kl, _ = distillation_kl(*gaussians, clamp=cfg.log_scale_clamp, reg_weight=0.0)
-        return {"kl": float(kl), "stft": float(multi_resolution_stft_loss(x, wav, cfg.stft_ffts)),
+        return {"kl": float(kl), "stft": float(stft_distance(x, wav, cfg.stft_ffts)),
                 "mel_l1": float((frontend(x) - mel).abs().mean())}
 
     @torch.no_grad()
     def render(model: Student, batch: Batch) -> Tensor:
         frames = _render_frames(preset, preset.distill_train.sample_seconds, batch[1].shape[-1])
         generator = torch.Generator(batch[1].device).manual_seed(RENDER_SEED)
-        f0 = batch[2][:1, :frames]
         mel = batch[1][:1, :, :frames]
-        return model.sample(mel, generator=generator, f0=f0, voicing=(f0 > 0).float())[0][0]
+        f0, voicing = contour(mel, batch[2][:1, :frames])
+        return model.sample(mel, generator=generator, f0=f0, voicing=voicing)[0][0]
 
     return Stage("student", student if student is not None else Student(preset.student, preset.audio), loss,
                  validate, render, pitch=True)

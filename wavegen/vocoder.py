@@ -23,7 +23,7 @@ from wavegen.audio import MelFrontend, check_mel
 from wavegen.checkpoint import CheckpointError, import_model
 from wavegen.config import AudioConfig, Preset
 from wavegen.models import Student, Teacher
-from wavegen.models.pitch import PitchPredictor
+from wavegen.models.pitch import PitchPredictor, voiced
 from wavegen.models.teacher import Progress
 from wavegen.models.student import Body
 from wavegen.nn.packed import pack
@@ -39,11 +39,15 @@ GRIFFIN_LIM_ITERATIONS = 32
 CHUNK_FRAMES = 48
 UPSAMPLER_CONTEXT = 2  # mel frames the upsampler's convolutions (and interpolation) see on either side
 PITCH_SHIFT_RANGE = (0.5, 2.0)
-# A frame is voiced when the predictor's voicing probability exceeds this. Measured with the default student
-# on two disjoint sets of 20 held-out files (every 7th, offsets 0 and 3), PESQ-wb medians: 0.65 1.50;
-# 0.5 1.73 / 1.68; 0.35 1.80 / 1.85; 0.2 - / 1.91, STOI and MR-STFT level or better as it falls; 0.35 had
-# the lowest voicing error of the resynthesis against the original (0.131, vs 0.152 at 0.5, 0.149 at 0.2).
-VOICED_THRESHOLD = 0.35
+
+
+class Contour(NamedTuple):
+    """What a pitch-driven student runs on: F0 (B, F) in Hz, the harmonics' weight (B, F) in [0, 1], and
+    whether the F0 differs from the mel's own (shifted or the caller's: `HarmonicNoise.frame_params`)."""
+
+    f0: Tensor
+    voicing: Tensor
+    retuned: bool
 
 
 class StudentPath(NamedTuple):
@@ -66,11 +70,6 @@ def check_pitch_shift(pitch_shift: float) -> float:
         raise PitchError(f"pitch shift must be within {PITCH_SHIFT_RANGE[0]} and {PITCH_SHIFT_RANGE[1]}, "
                          f"got {pitch_shift}")
     return pitch_shift
-
-
-def voiced(probability: Tensor) -> Tensor:
-    """Voicing probability (B, F) -> voiced (1) or not (0), as the student and `Vocoder.pitch` take it."""
-    return (probability > VOICED_THRESHOLD).float()
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -161,16 +160,25 @@ class Vocoder:
         return self.frontend(wav.to(self.device))
 
     @torch.inference_mode()
-    def pitch(self, mel: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+    def pitch(self, mel: Tensor | np.ndarray, check: bool = True) -> tuple[Tensor, Tensor]:
         """mel (n_mels, F) or (B, n_mels, F) -> F0 (B, F) in Hz, 0 where unvoiced, and the voicing
-        probability (B, F), from the checkpoint's pitch predictor."""
+        probability (B, F), from the checkpoint's pitch predictor. `check=False` skips the validation and
+        convention warning, for a mel that was checked already or that `mel()` made."""
         if self.pitch_model is None:
             raise ModelUnavailable("this checkpoint has no pitch predictor (pitch.safetensors)")
-        f0, voicing = self.pitch_model.predict(check_mel(mel, self.audio).to(self.device))
+        mel = check_mel(mel, self.audio) if check else torch.as_tensor(mel).reshape(-1, *mel.shape[-2:])
+        f0, voicing = self.pitch_model.predict(mel.to(self.device))
         return torch.where(voiced(voicing) > 0, f0, torch.zeros_like(f0)).cpu(), voicing.cpu()
 
-    def source_contour(self, mel: Tensor, f0: Tensor | np.ndarray | None, pitch_shift: float
-                        ) -> tuple[Tensor, Tensor] | None:
+    def check_pitch_control(self, model: str, f0_given: bool, pitch_shift: float) -> None:
+        """A PitchError unless `model` can take a caller's F0 or a pitch shift (0.5-2): only a pitch-driven
+        student can; the teacher and Griffin-Lim read pitch from the mel alone."""
+        check_pitch_shift(pitch_shift)
+        if (f0_given or pitch_shift != 1.0) and (model != "student" or self.student.source is None):
+            what = "a mel-only student" if model == "student" else f"the {model}"
+            raise PitchError(f"{what} reads F0 from the mel alone: pitch shift and f0 need a pitch-driven student")
+
+    def source_contour(self, mel: Tensor, f0: Tensor | np.ndarray | None, pitch_shift: float) -> Contour | None:
         """The F0 (B, F) and voicing (B, F) a pitch-driven student runs on: predicted from the mel unless
         `f0` (F,) or (B, F) in Hz (0 unvoiced) is given, times `pitch_shift`; None for a mel-only student."""
         check_pitch_shift(pitch_shift)
@@ -179,8 +187,7 @@ class Vocoder:
         if f0 is None:
             if self.pitch_model is None:
                 raise ModelUnavailable("this student is pitch-driven: give f0 or load a pitch predictor")
-            contour, voicing = self.pitch_model.predict(mel)
-            voicing = voiced(voicing)
+            contour, voicing = self.pitch_model.source(mel)
         else:
             contour = torch.as_tensor(np.asarray(f0, dtype=np.float32) if isinstance(f0, np.ndarray) else f0)
             contour = contour.float().reshape(-1, contour.shape[-1]).expand(mel.shape[0], -1).to(self.device)
@@ -188,7 +195,7 @@ class Vocoder:
                 raise PitchError(f"f0 must hold {mel.shape[-1]} finite non-negative values per row (one per mel "
                                  f"frame), got shape {tuple(contour.shape)}")
             voicing = (contour > 0).float()
-        return contour * pitch_shift, voicing
+        return Contour(contour * pitch_shift, voicing, f0 is not None or pitch_shift != 1.0)
 
     @torch.inference_mode()
     def synthesize(self, mel: Tensor | np.ndarray, model: str = "student", temperature: float = 1.0,
@@ -206,6 +213,7 @@ class Vocoder:
             raise ModelUnavailable(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
         if model != "griffin-lim" and getattr(self, model) is None:
             raise ModelUnavailable(f"this checkpoint has no {model}; available: {', '.join(self.available_models)}")
+        self.check_pitch_control(model, f0 is not None, pitch_shift)
         mel = check_mel(mel, self.audio).to(self.device)
         contour = self.source_contour(mel, f0, pitch_shift) if model == "student" else None
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
@@ -235,7 +243,7 @@ class Vocoder:
                 self._student_path = StudentPath(list(self.student.flows), upsampler)
         return self._student_path
 
-    def _student_streamed(self, mel: Tensor, z: Tensor, contour: tuple[Tensor, Tensor] | None) -> Tensor:
+    def _student_streamed(self, mel: Tensor, z: Tensor, contour: Contour | None) -> Tensor:
         """mel (B, n_mels, F), z (B, F * hop) and (F0, voicing) (B, F) each for a pitch-driven student ->
         x (B, F * hop), `chunk_frames` at a time.
 
@@ -259,10 +267,12 @@ class Vocoder:
         return out
 
     def synthesize_many(self, mels: list[Tensor], model: str = "student", batch_size: int = 8,
-                        temperature: float = 1.0, seed: int | None = None, pitch_shift: float = 1.0) -> list[Tensor]:
+                        temperature: float = 1.0, seed: int | None = None, pitch_shift: float = 1.0,
+                        f0s: list[Tensor | np.ndarray] | None = None) -> list[Tensor]:
         """Many mels (n_mels, F_i) -> waveforms (F_i * hop,), in batches of similar length.
 
-        A shorter mel in a batch is padded with the log floor (silence); its output is cut back.
+        `f0s`: one F0 contour (F_i,) in Hz per mel (0 unvoiced) instead of the predicted ones.
+        A shorter mel in a batch is padded with the log floor (silence, unvoiced); its output is cut back.
         """
         order = sorted(range(len(mels)), key=lambda i: mels[i].shape[-1])
         results: list[Tensor | None] = [None] * len(mels)
@@ -272,7 +282,10 @@ class Vocoder:
             longest = max(mels[i].shape[-1] for i in chosen)
             batch = torch.stack([torch.nn.functional.pad(torch.as_tensor(mels[i]), (0, longest - mels[i].shape[-1]),
                                                          value=floor) for i in chosen])
-            wavs = self.synthesize(batch, model, temperature, seed, pitch_shift=pitch_shift)
+            f0 = None if f0s is None else torch.stack([
+                torch.nn.functional.pad(torch.as_tensor(f0s[i]).float(), (0, longest - mels[i].shape[-1]))
+                for i in chosen])
+            wavs = self.synthesize(batch, model, temperature, seed, f0=f0, pitch_shift=pitch_shift)
             for row, i in enumerate(chosen):
                 results[i] = wavs[row, : mels[i].shape[-1] * self.audio.hop_length]
         return results

@@ -65,14 +65,16 @@ class Student(nn.Module):
         mu, log_sigma = params.unbind(dim=1)
         return mu, torch.clamp(log_sigma, min=self.cfg.log_scale_min)
 
-    def source_params(self, mel: Tensor, f0: Tensor | None, voicing: Tensor | None) -> SourceParams | None:
+    def source_params(self, mel: Tensor, f0: Tensor | None, voicing: Tensor | None,
+                      retuned: bool = False) -> SourceParams | None:
         """Flow 0's per-frame parameters (F + 1 frames) from mel (B, n_mels, F), F0 (B, F) in Hz and voicing
-        (B, F) in [0, 1]; None for a student without a harmonic flow."""
+        (B, F) in [0, 1]; `retuned` when the F0 is not the mel's own (`HarmonicNoise.frame_params`); None for a
+        student without a harmonic flow."""
         if self.source is None:
             return None
         if f0 is None or voicing is None:
             raise ValueError("this student's harmonic flow needs F0 and voicing per frame (f0=, voicing=)")
-        return self.source.frame_params(mel, f0, voicing)
+        return self.source.frame_params(mel, f0, voicing, retuned)
 
     def sample(self, mel: Tensor, z: Tensor | None = None, temperature: float = 1.0,
                generator: torch.Generator | None = None, f0: Tensor | None = None,

@@ -104,8 +104,20 @@ def spectral_envelope(log_mel: Tensor, audio: AudioConfig) -> Tensor:
     return torch.einsum("fm,bmt->bft", matrix, torch.exp(log_mel))
 
 
-def read_at(envelope: Tensor, freqs: Tensor, audio: AudioConfig) -> Tensor:
-    """envelope (B, n_freqs, F), freqs (B, K, F) in Hz -> (B, K, F), linear between bins; 0 past Nyquist."""
+PEAK_POINTS = 9  # points across +-F0 / 2 at which `peak_at` reads the envelope (F0 / 8 apart)
+
+
+def peak_at(envelope: Tensor, freqs: Tensor, f0: Tensor, audio: AudioConfig) -> Tensor:
+    """envelope (B, n_freqs, F), freqs (B, K, F) and f0 (B, F) in Hz -> (B, K, F): the envelope's maximum
+    within f0 / 2 of each frequency (sampled at PEAK_POINTS offsets); 0 past Nyquist."""
+    offsets = torch.linspace(-0.5, 0.5, PEAK_POINTS, device=freqs.device, dtype=freqs.dtype)
+    reads = [read_at(envelope, freqs + d * f0.unsqueeze(1), None, audio) for d in offsets]
+    return torch.stack(reads).amax(dim=0) * (freqs < audio.sample_rate / 2)
+
+
+def read_at(envelope: Tensor, freqs: Tensor, f0: Tensor | None, audio: AudioConfig) -> Tensor:
+    """envelope (B, n_freqs, F), freqs (B, K, F) in Hz -> (B, K, F), linear between bins; 0 past Nyquist.
+    (`f0` is unused: the signature is `peak_at`'s.)"""
     n_freqs = envelope.shape[1]
     position = (freqs * audio.n_fft / audio.sample_rate).clamp(0, n_freqs - 1)
     lo = position.floor().long().clamp(max=n_freqs - 2)
@@ -192,10 +204,17 @@ class HarmonicNoise(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
         self.noise_norm = math.sqrt(math.pi) / 2 * math.sqrt(3 * audio.n_fft / 8)
 
-    def frame_params(self, mel: Tensor, f0: Tensor, voicing: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def frame_params(self, mel: Tensor, f0: Tensor, voicing: Tensor, retuned: bool = False
+                     ) -> tuple[Tensor, Tensor, Tensor]:
         """mel (B, n_mels, F), f0 (B, F) in Hz (0 or anything where unvoiced), voicing (B, F) in [0, 1] ->
         per frame, with the last frame repeated (F + 1 frames, what `excite` interpolates between):
-        harmonic amplitudes (B, K, F + 1), noise filter taps (B, L, F + 1), filled F0 (B, F + 1)."""
+        harmonic amplitudes (B, K, F + 1), noise filter taps (B, L, F + 1), filled F0 (B, F + 1).
+
+        `retuned`: f0 is not the pitch the mel was made with (a pitch shift, a caller's own contour). The low
+        bands of a mel resolve the speaker's harmonics, so its envelope ripples at the old F0; read at k times a
+        new F0 it would put some harmonics in its valleys (at 1.5x, every odd one: the pitch heard doubles).
+        Retuned, each amplitude is the envelope's maximum within F0 / 2 of k F0 instead: the formants stay,
+        the old harmonics do not print through."""
         f0 = fill_unvoiced(f0, voicing > 0.5)
         features = torch.cat([mel, torch.log(f0 / 100.0).unsqueeze(1), voicing.unsqueeze(1)], dim=1)
         gain_h, gain_n = self.net(features).chunk(2, dim=1)  # (B, n_mels, F) log-gains each
@@ -203,7 +222,7 @@ class HarmonicNoise(nn.Module):
         harmonic_env = spectral_envelope(mel + gain_h, self.audio)  # (B, n_freqs, F)
         noise_env = spectral_envelope(mel + gain_n + noise_share, self.audio)
         k = torch.arange(1, self.count + 1, device=mel.device, dtype=mel.dtype).view(1, -1, 1)
-        amp = read_at(harmonic_env, k * f0.unsqueeze(1), self.audio)  # (B, K, F)
+        amp = (peak_at if retuned else read_at)(harmonic_env, k * f0.unsqueeze(1), f0, self.audio)  # (B, K, F)
         amp = amp * (HARMONIC_SCALE * 2.0 / self.audio.sample_rate) * (f0 * voicing).unsqueeze(1)
         taps = minimum_phase_taps(noise_env * (NOISE_SCALE / self.noise_norm), self.taps, self.audio.n_fft)
         last = lambda x: torch.cat([x, x[..., -1:]], dim=-1)  # noqa: E731
