@@ -96,8 +96,17 @@ def cmd_distill(args: argparse.Namespace) -> int:
     teacher, teacher_preset = import_model(source / "teacher.safetensors" if source.is_dir() else source, "teacher")
     if teacher_preset.audio != preset.audio:
         raise ConfigError(f"the teacher's mel convention {teacher_preset.audio} differs from the preset's")
+    pitch = None
+    if preset.distill.f0_source == "predictor":
+        path = Path(args.pitch) if args.pitch else source.parent / "pitch.safetensors" if source.is_file() \
+            else source / "pitch.safetensors"
+        if not path.is_file():
+            raise ConfigError(f"distill.f0_source is 'predictor' but {path} does not exist; give --pitch")
+        pitch, pitch_preset = import_model(path, "pitch")
+        if pitch_preset.audio != preset.audio:
+            raise ConfigError(f"the pitch predictor's mel convention {pitch_preset.audio} differs from the preset's")
     torch.manual_seed(preset.distill_train.seed)
-    stage = distill_stage(preset, teacher, _initial_model(args.init, "student", preset))
+    stage = distill_stage(preset, teacher, _initial_model(args.init, "student", preset), pitch)
     path = fit(stage, preset, preset.distill_train, args.data, args.out, resume=args.resume, device=args.device)
     print(f"student: {path}")
     return 0
@@ -141,6 +150,39 @@ def failure_line(path: Path, exc: Exception) -> str:
     return str(exc) if str(path) in str(exc) else f"{path}: {exc}"
 
 
+def contour_source(f0: str | None, model: str):
+    """--f0: None, a folder of per-input contours (<stem>.csv or <stem>.npy), or one contour file for every
+    input (read here, once). Checked before anything is read or written."""
+    from wavegen.contour import read_contour
+
+    if f0 is None:
+        return None
+    if model != "student":
+        raise PitchError(f"the {model} reads F0 from the mel alone: --f0 needs a pitch-driven student")
+    path = Path(f0)
+    if path.is_dir():
+        return None
+    if not path.exists():
+        raise PitchError(f"{path}: no such F0 file or folder")
+    return read_contour(path)
+
+
+def input_contour(f0: str | None, shared, path: Path, frames: int):
+    """The F0 (frames,) an input is vocoded with under --f0: the shared file's, or <stem>.csv/.npy in the
+    --f0 folder; a one-line PitchError if it is missing or its length differs from the input's frames."""
+    from wavegen.contour import CONTOUR_EXTENSIONS, fit_contour, read_contour
+
+    if f0 is None:
+        return None
+    source = Path(f0)
+    if shared is None:
+        found = [c for c in (source / f"{path.stem}{ext}" for ext in CONTOUR_EXTENSIONS) if c.is_file()]
+        if not found:
+            raise PitchError(f"{path}: no {path.stem}.csv or {path.stem}.npy in the --f0 folder {source}")
+        source, shared = found[0], read_contour(found[0])
+    return fit_contour(shared, frames, source)
+
+
 def cmd_vocode(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -148,27 +190,32 @@ def cmd_vocode(args: argparse.Namespace) -> int:
     from wavegen.vocoder import Vocoder
 
     check_pitch_shift(args.pitch_shift)  # before anything is read or written
+    shared_f0 = contour_source(args.f0, args.model)
     inputs, missing = expand_inputs(args.inputs)
     failures = [f"{pattern}: no such file, or no audio/mel files in it" for pattern in missing]
     vocoder = Vocoder.load(args.checkpoint, device=args.device, precision=args.precision)
+    vocoder.check_pitch_control(args.model, args.f0 is not None, args.pitch_shift)
     out = Path(args.output)
-    jobs: dict[Path, tuple[Path, object]] = {}  # target -> (source, mel)
+    jobs: dict[Path, tuple[Path, object, object]] = {}  # target -> (source, mel, F0 or None)
     for path in inputs:
         target = out / f"{path.stem}.wav"
         try:
             if target in jobs:
                 raise FileExistsError(f"{path}: same output name as {jobs[target][0]} ({target.name})")
             refuse_overwrite(target, args.force)
-            jobs[target] = (path, input_mel(path, vocoder)[0])
+            mel = input_mel(path, vocoder)[0]
+            jobs[target] = (path, mel, input_contour(args.f0, shared_f0, path, mel.shape[-1]))
         except USER_ERRORS as exc:
             failures.append(failure_line(path, exc))
-    out.mkdir(parents=True, exist_ok=True)
     targets = list(jobs)
-    bar = tqdm(total=len(targets), desc=f"vocode ({args.model})", unit="file")
+    if targets:
+        out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(targets), desc=f"vocode ({args.model})", unit="file", disable=not targets)
     for first in range(0, len(targets), args.batch_size):
         chosen = targets[first:first + args.batch_size]
         wavs = vocoder.synthesize_many([jobs[t][1] for t in chosen], args.model, args.batch_size,
-                                       temperature=args.temperature, seed=args.seed, pitch_shift=args.pitch_shift)
+                                       temperature=args.temperature, seed=args.seed, pitch_shift=args.pitch_shift,
+                                       f0s=None if args.f0 is None else [jobs[t][2] for t in chosen])
         for target, wav in zip(chosen, wavs):
             save_audio(target, wav, vocoder.audio.sample_rate)
             bar.update(1)
@@ -180,6 +227,7 @@ def cmd_vocode(args: argparse.Namespace) -> int:
 
 
 def cmd_pitch(args: argparse.Namespace) -> int:
+    from wavegen.contour import contour_text
     from wavegen.vocoder import Vocoder
 
     inputs, missing = expand_inputs(args.inputs)
@@ -196,10 +244,9 @@ def cmd_pitch(args: argparse.Namespace) -> int:
         except USER_ERRORS as exc:
             failures.append(failure_line(path, exc))
             continue
-        lines = ["time_s,f0_hz,voicing_probability"] + [
-            f"{i * seconds_per_frame:.4f},{hz:.2f},{p:.3f}" for i, (hz, p) in enumerate(zip(f0, voicing))]
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(target, lambda tmp, text="\n".join(lines) + "\n": Path(tmp).write_text(text))
+        text = contour_text(f0, voicing, seconds_per_frame)
+        atomic_write(target, lambda tmp, text=text: Path(tmp).write_text(text))
         written += 1
     for line in failures:
         print(f"error: {line}", file=sys.stderr)
@@ -331,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         if name == "distill":
             p.add_argument("--teacher", required=True, help="a teacher run folder or .safetensors file")
+            p.add_argument("--pitch", default=None, help="the pitch predictor (.safetensors) a student trained "
+                           "on predicted F0 (distill.f0_source: predictor) uses; default: pitch.safetensors "
+                           "beside the teacher")
         else:
             p.add_argument("--stage", default="teacher", choices=["teacher", "pitch"],
                            help="the WaveNet teacher (default) or the F0/voicing predictor")
@@ -358,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--pitch-shift", type=float, default=1.0,
                    help="multiply the student's F0 by this (0.5-2.0; a pitch-driven student)")
+    p.add_argument("--f0", default=None, help="vocode with this F0 instead of the predicted one: a contour "
+                   "file for every input (.csv as `wavegen pitch` writes, or .npy of per-frame Hz, 0 unvoiced) "
+                   "or a folder holding <stem>.csv or <stem>.npy per input")
     _add_precision(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_vocode)
@@ -419,7 +472,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
-        warnings.simplefilter("default")
+        # Python's default filters: our warnings (UserWarnings, e.g. a mel that looks log10) show, one line each;
+        # libraries' DeprecationWarnings and ResourceWarnings about their own internals do not (a "default" filter
+        # here printed gradio's unclosed event loops before the app's URL and pandas deprecations per request)
         warnings.showwarning = _one_line_warning  # restored when the block exits
         try:
             return args.func(args)
