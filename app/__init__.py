@@ -14,7 +14,7 @@ import os
 # Before gradio is imported anywhere: no usage statistics leave the machine.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from app.handlers import Limits, VocodeResult, vocode  # noqa: E402
+from app.handlers import Limits, VocodeResult, compare, vocode  # noqa: E402
 from app.ui import build_demo, launch, launch_options, load_vocoder  # noqa: E402
 
-__all__ = ["Limits", "VocodeResult", "build_demo", "launch", "launch_options", "load_vocoder", "vocode"]
+__all__ = ["Limits", "VocodeResult", "build_demo", "compare", "launch", "launch_options", "load_vocoder", "vocode"]

@@ -22,9 +22,9 @@ from torch import Tensor
 from wavegen import Vocoder
 from wavegen.audio import AudioError, MelError, check_mel, load_audio, mel_convention_mismatch
 from wavegen.config import AudioConfig
-from wavegen.vocoder import MODELS
+from wavegen.vocoder import MODELS, PITCH_SHIFT_RANGE
 
-from app.images import colour_scale, mel_image
+from app.images import colour_scale, draw_contour, mel_image
 
 MODEL_LABELS = {"student": "student (IAF, parallel)", "teacher": "teacher (WaveNet, sequential)",
                 "griffin-lim": "Griffin-Lim (no network)"}
@@ -48,48 +48,135 @@ class VocodeResult(NamedTuple):
     """What the page shows, in the order of the endpoint's outputs (the audio first)."""
 
     audio: tuple[int, np.ndarray]  # (sample_rate, (frames * hop,) int16)
-    input_mel: np.ndarray  # (H, W, 3) uint8 image of the mel that was vocoded
-    output_mel: np.ndarray  # (H, W, 3) uint8 image of the output's mel, same colour scale
-    summary: str  # markdown: length, wall time, real-time factor, speed-up over the teacher
+    input_mel: np.ndarray  # (H, W, 3) uint8 image of the mel that was vocoded, its F0 contour drawn over it
+    output_mel: np.ndarray  # (H, W, 3) uint8 image of the output's mel and contour, same scale and axes
+    summary: str  # markdown: length, wall time, real-time factor, speed-up over the teacher, F0
+
+
+class Synthesis(NamedTuple):
+    """One model's output on a mel, timed."""
+
+    wav: Tensor  # (F * hop,) float in [-1, 1]
+    seconds: float  # wall time
+    mel: np.ndarray  # (n_mels, F): the output's log-mel
 
 
 def vocode(audio_file: str | Path | None, model: str, temperature: float = 1.0,
-           mel_file: str | Path | None = None, *, vocoder: Vocoder, limits: Limits = Limits(),
-           timings: dict[str, dict[str, float]] | None = None,
+           mel_file: str | Path | None = None, pitch_shift: float = 1.0, *, vocoder: Vocoder,
+           limits: Limits = Limits(), timings: dict[str, dict[str, float]] | None = None,
            progress: Callable[[int, int], None] | None = None) -> VocodeResult:
     """Vocode an audio file (through its mel) or a log-mel .npy file with one model.
 
-    `mel_file` wins when both are given. `timings` is the session's memory, {input fingerprint:
+    `mel_file` wins when both are given; `pitch_shift` multiplies the student's F0 (the others take F0
+    from the mel alone, so they refuse a shift). `timings` is the session's memory, {input fingerprint:
     {model: real-time factor}}, updated in place; `progress(done, total)` is fed by the teacher.
     Raises gr.Error with a one-line message for any unusable request.
     """
-    check_request(vocoder, model, temperature)
+    check_request(vocoder, model, temperature, pitch_shift)
     mel = read_input(vocoder, audio_file, mel_file)  # (1, n_mels, F)
     seconds = mel.shape[-1] * vocoder.audio.hop_length / vocoder.audio.sample_rate
     check_duration(seconds, model, limits)
-    start = time.perf_counter()
-    try:
-        wav = vocoder.synthesize(mel, model, temperature, progress=progress)[0]  # (F * hop,)
-    except ValueError as exc:  # MelError and the library's other refusals
-        raise refusal(str(exc)) from exc
-    rtf = max(time.perf_counter() - start, 1e-6) / seconds
+    out = synthesize(vocoder, mel, model, temperature, pitch_shift, progress)
+    rtf = max(out.seconds, 1e-6) / seconds
     runs = remember(timings, mel, model, rtf)
     teacher_can_run = "teacher" in vocoder.available_models and seconds <= limits.teacher_max_seconds
-    mel_in, mel_out = mel[0].cpu().numpy(), vocoder.mel(wav)[0].cpu().numpy()  # (n_mels, F) each
-    scale = colour_scale(mel_in, mel_out)
-    return VocodeResult((vocoder.audio.sample_rate, to_int16(wav.numpy())), mel_image(mel_in, scale),
-                        mel_image(mel_out, scale), summarize(model, seconds, rtf, runs, teacher_can_run))
+    mel_in = mel[0].cpu().numpy()  # (n_mels, F)
+    scale = colour_scale(mel_in, out.mel)
+    image_in, image_out = mel_image(mel_in, scale), mel_image(out.mel, scale)
+    summary = summarize(model, seconds, rtf, runs, teacher_can_run)
+    if vocoder.pitch_model is not None:  # the contour the student ran on (shifted), and the output's own
+        f0_in = contour(vocoder, mel_in) * (pitch_shift if model == "student" else 1.0)
+        f0_out = contour(vocoder, out.mel)
+        image_in = draw_contour(image_in, f0_in, vocoder.audio)
+        image_out = draw_contour(image_out, f0_out, vocoder.audio)
+        summary += " " + pitch_summary(f0_in, f0_out, pitch_shift if model == "student" else 1.0)
+    return VocodeResult((vocoder.audio.sample_rate, to_int16(out.wav.numpy())), image_in, image_out, summary)
 
 
-def check_request(vocoder: Vocoder, model: str, temperature: float) -> None:
+def synthesize(vocoder: Vocoder, mel: Tensor, model: str, temperature: float, pitch_shift: float = 1.0,
+               progress: Callable[[int, int], None] | None = None) -> Synthesis:
+    """One model on the mel (1, n_mels, F), timed; the library's refusals become one-line gr.Errors."""
+    start = time.perf_counter()
+    try:
+        wav = vocoder.synthesize(mel, model, temperature, progress=progress,
+                                 pitch_shift=pitch_shift if model == "student" else 1.0)[0]  # (F * hop,)
+    except ValueError as exc:  # MelError and the library's other refusals
+        raise refusal(str(exc)) from exc
+    elapsed = time.perf_counter() - start
+    return Synthesis(wav, elapsed, vocoder.mel(wav)[0].cpu().numpy())
+
+
+def contour(vocoder: Vocoder, mel: np.ndarray) -> np.ndarray:
+    """The pitch predictor's F0 (F,) in Hz, 0 where unvoiced, for a log-mel (n_mels, F) that was checked on
+    the way in or that the vocoder made."""
+    return vocoder.pitch(mel, check=False)[0][0].numpy()
+
+
+def pitch_summary(f0_in: np.ndarray, f0_out: np.ndarray, pitch_shift: float) -> str:
+    """Median F0 of the input's contour (as vocoded) and of the output's, on frames voiced in both."""
+    both = (f0_in > 0) & (f0_out > 0)
+    if not both.any():
+        return "No voiced frames: no F0 contour."
+    shift = f" (the input's ×{pitch_shift:g})" if pitch_shift != 1.0 else ""
+    return (f"F0 (cyan), median over frames voiced in both: {np.median(f0_in[both]):.0f} Hz asked for{shift}, "
+            f"{np.median(f0_out[both]):.0f} Hz in the output.")
+
+
+def check_request(vocoder: Vocoder, model: str, temperature: float, pitch_shift: float = 1.0) -> None:
     if model not in MODELS:
         raise refusal(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     if model not in vocoder.available_models:
         available = ", ".join(vocoder.available_models)
         raise refusal(f"this checkpoint has no trained {model}; available: {available}")
-    low, high = TEMPERATURE_RANGE
-    if not isinstance(temperature, (int, float)) or not low <= temperature <= high:  # NaN fails too
-        raise refusal(f"temperature must be a number in [{low:g}, {high:g}], got {temperature!r}")
+    check_range("temperature", temperature, TEMPERATURE_RANGE)
+    check_range("pitch shift", pitch_shift, PITCH_SHIFT_RANGE)
+    if pitch_shift != 1.0 and (model != "student" or vocoder.student.source is None):
+        raise refusal(f"only a pitch-driven student can shift pitch; the {model} reads F0 from the mel alone")
+
+
+def check_range(name: str, value: float, bounds: tuple[float, float]) -> None:
+    low, high = bounds
+    if not isinstance(value, (int, float)) or not low <= value <= high:  # NaN fails too
+        raise refusal(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+
+
+def compare(audio_file: str | Path | None, temperature: float = 1.0, mel_file: str | Path | None = None,
+            pitch_shift: float = 1.0, *, vocoder: Vocoder, limits: Limits = Limits(),
+            progress: Callable[[int, int], None] | None = None
+            ) -> tuple[tuple[int, np.ndarray] | None, tuple[int, np.ndarray] | None,
+                       tuple[int, np.ndarray] | None, str]:
+    """Every model on the same input: (student audio, teacher audio, Griffin-Lim audio, markdown table of
+    wall time, real-time factor and mel distance to the input). A model that cannot run (not in the
+    checkpoint, input too long for the teacher) gives None and says why in the table."""
+    check_range("temperature", temperature, TEMPERATURE_RANGE)
+    check_range("pitch shift", pitch_shift, PITCH_SHIFT_RANGE)
+    mel = read_input(vocoder, audio_file, mel_file)
+    seconds = mel.shape[-1] * vocoder.audio.hop_length / vocoder.audio.sample_rate
+    check_duration(seconds, "griffin-lim", limits)
+    mel_in = mel[0].cpu().numpy()
+    audios: list[tuple[int, np.ndarray] | None] = []
+    rows = ["| model | wall time | real-time factor | mel distance to the input |", "|---|---|---|---|"]
+    for model in MODELS:
+        if model not in vocoder.available_models:
+            why = "not in this checkpoint"
+        elif seconds > limits.seconds_for(model):
+            why = f"input longer than its {limits.seconds_for(model):g} s cap"
+        else:
+            why = ""
+        if why:
+            audios.append(None)
+            rows.append(f"| {MODEL_LABELS[model]} | – | – | skipped: {why} |")
+            continue
+        shift = pitch_shift if model == "student" and vocoder.student.source is not None else 1.0
+        out = synthesize(vocoder, mel, model, temperature, shift, progress if model == "teacher" else None)
+        audios.append((vocoder.audio.sample_rate, to_int16(out.wav.numpy())))
+        distance = float(np.mean(np.abs(out.mel - mel_in)))
+        note = f" (pitch ×{shift:g})" if shift != 1.0 else ""
+        rows.append(f"| {MODEL_LABELS[model]}{note} | {out.seconds:.2f} s | {out.seconds / seconds:.3g} | "
+                    f"{distance:.3f} |")
+    rows.append(f"\n{seconds:.2f} s of audio; mel distance: mean |log-mel of the output − input log-mel| "
+                "(lower is closer).")
+    return (*audios, "\n".join(rows))
 
 
 def check_duration(seconds: float, model: str, limits: Limits) -> None:

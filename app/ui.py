@@ -1,7 +1,11 @@
 """The Gradio page: inputs on the left, the result on the right, both mels underneath.
 
-One endpoint, api_name="vocode": (audio_file, model, temperature=1.0, mel_file=None) ->
-(output audio, input mel image, output mel image, summary markdown).
+Two endpoints:
+- api_name="vocode": (audio_file, model, temperature=1.0, mel_file=None, pitch_shift=1.0) ->
+  (output audio, input mel image, output mel image, summary markdown); callers that predate
+  pitch_shift keep working;
+- api_name="compare": (audio_file, temperature=1.0, mel_file=None, pitch_shift=1.0) ->
+  (student audio, teacher audio, Griffin-Lim audio, markdown table of wall times and mel distances).
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ import gradio as gr
 from wavegen import Vocoder, load_preset
 from wavegen.audio import first_line
 from wavegen.checkpoint import CheckpointError
-from wavegen.vocoder import MODELS
+from wavegen.vocoder import MODELS, PITCH_SHIFT_RANGE
 
-from app.handlers import MODEL_LABELS, TEMPERATURE_RANGE, Limits, vocode
+from app.handlers import MODEL_LABELS, TEMPERATURE_RANGE, Limits, compare, vocode
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 FALLBACK_PRESET = "speech16k"
@@ -66,22 +70,27 @@ def build_demo(vocoder: Vocoder, *, max_seconds: float = 30.0, teacher_max_secon
             with gr.Column():
                 audio_in, mel_in = input_panel(examples)
             with gr.Column():
-                model, temperature, button = model_panel(vocoder, limits)
+                model, temperature, pitch_shift, button = model_panel(vocoder, limits)
                 audio_out = gr.Audio(label="Output audio", type="numpy", interactive=False,
                                      buttons=["download"], elem_id="audio-out")
                 summary = gr.Markdown("*Choose an input and a model, then press **Vocode**.*",
                                       elem_id="summary")
         with gr.Row():
-            mel_in_img = gr.Image(label="Input mel (time →, frequency ↑)", type="numpy", format="png",
+            contour = " and its F0 contour (cyan)" if vocoder.pitch_model is not None else ""
+            mel_in_img = gr.Image(label=f"Input mel{contour} (time →, frequency ↑)", type="numpy", format="png",
                                   interactive=False, buttons=IMAGE_BUTTONS, elem_id="mel-in-img")
-            mel_out_img = gr.Image(label="Output's mel, same colour scale", type="numpy", format="png",
-                                   interactive=False, buttons=IMAGE_BUTTONS, elem_id="mel-out-img")
+            mel_out_img = gr.Image(label=f"Output's mel{contour}, same scale and axes", type="numpy",
+                                   format="png", interactive=False, buttons=IMAGE_BUTTONS, elem_id="mel-out-img")
+        compare_button, compared, table = compare_panel()
         timings = gr.State({})
-        button.click(endpoint(vocoder, limits), [audio_in, model, temperature, mel_in, timings],
+        button.click(endpoint(vocoder, limits), [audio_in, model, temperature, mel_in, pitch_shift, timings],
                      [audio_out, mel_in_img, mel_out_img, summary, timings], api_name="vocode",
                      show_progress_on=audio_out)
-        model.change(lambda m: gr.Slider(interactive=m != "griffin-lim"), model, temperature,
-                     api_visibility="private", queue=False)
+        compare_button.click(compare_endpoint(vocoder, limits), [audio_in, temperature, mel_in, pitch_shift],
+                             [*compared, table], api_name="compare", show_progress_on=table)
+        model.change(lambda m: (gr.Slider(interactive=m != "griffin-lim"),
+                                gr.Slider(interactive=m == "student" and pitch_driven(vocoder))),
+                     model, [temperature, pitch_shift], api_visibility="private", queue=False)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return demo
 
@@ -112,7 +121,11 @@ def input_panel(examples: list[Path]) -> tuple[gr.Audio, gr.File]:
     return audio_in, mel_in
 
 
-def model_panel(vocoder: Vocoder, limits: Limits) -> tuple[gr.Radio, gr.Slider, gr.Button]:
+def pitch_driven(vocoder: Vocoder) -> bool:
+    return vocoder.student is not None and vocoder.student.source is not None
+
+
+def model_panel(vocoder: Vocoder, limits: Limits) -> tuple[gr.Radio, gr.Slider, gr.Slider, gr.Button]:
     available = vocoder.available_models
     choices = [(MODEL_LABELS[m] + ("" if m in available else ": not in this checkpoint"), m) for m in MODELS]
     model = gr.Radio(choices, value=available[0], label="Model", elem_id="model",
@@ -121,24 +134,57 @@ def model_panel(vocoder: Vocoder, limits: Limits) -> tuple[gr.Radio, gr.Slider, 
     temperature = gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label="Temperature",
                             info="Scales the noise the student (and the teacher) sample; 0 gives the mean.",
                             interactive=available[0] != "griffin-lim", elem_id="temperature")
+    pitch_shift = gr.Slider(*PITCH_SHIFT_RANGE, value=1.0, step=0.05, label="Pitch shift",
+                            info="Multiplies the F0 the student sings at (1 keeps the speaker's pitch).",
+                            interactive=available[0] == "student" and pitch_driven(vocoder), elem_id="pitch-shift")
     button = gr.Button("Vocode", variant="primary", elem_id="vocode-btn")
-    return model, temperature, button
+    return model, temperature, pitch_shift, button
+
+
+def compare_panel() -> tuple[gr.Button, list[gr.Audio], gr.Markdown]:
+    """One click: every model on the same input, side by side."""
+    with gr.Accordion("Compare the models on this input", open=True, elem_id="compare"):
+        button = gr.Button("Compare student, teacher and Griffin-Lim", elem_id="compare-btn")
+        with gr.Row():
+            audios = [gr.Audio(label=MODEL_LABELS[m], type="numpy", interactive=False, buttons=["download"],
+                               elem_id=f"compare-{m}") for m in MODELS]
+        table = gr.Markdown(elem_id="compare-table")
+    return button, audios, table
 
 
 def endpoint(vocoder: Vocoder, limits: Limits):
     """The event handler: `vocode` with the session's timings and a progress bar fed by the teacher."""
 
     def run(audio_file: str | None = None, model: str = "student", temperature: float = 1.0,
-            mel_file: str | None = None, timings: dict | None = None, progress=gr.Progress()):
-        """Vocode an audio file (or a log-mel .npy) with "student", "teacher" or "griffin-lim"; returns the
-        output audio first, then images of the input and output mels and a summary."""
+            mel_file: str | None = None, pitch_shift: float = 1.0, timings: dict | None = None,
+            progress=gr.Progress()):
+        """Vocode an audio file (or a log-mel .npy) with "student", "teacher" or "griffin-lim", the student's
+        F0 times pitch_shift (0.5-2); returns the output audio first, then images of the input and output
+        mels with their F0 contours and a summary."""
         timings = {} if timings is None else timings
 
         def report(done: int, total: int) -> None:
             progress((done, total), desc=f"{model}: sampling", unit="samples")
 
-        return (*vocode(audio_file, model, temperature, mel_file, vocoder=vocoder, limits=limits,
+        return (*vocode(audio_file, model, temperature, mel_file, pitch_shift, vocoder=vocoder, limits=limits,
                         timings=timings, progress=report), timings)
+
+    return run
+
+
+def compare_endpoint(vocoder: Vocoder, limits: Limits):
+    """The compare button's handler: every model on one input."""
+
+    def run(audio_file: str | None = None, temperature: float = 1.0, mel_file: str | None = None,
+            pitch_shift: float = 1.0, progress=gr.Progress()):
+        """Student, teacher (within its length cap) and Griffin-Lim on the same input: their three audios and
+        a table of wall times and mel distances to the input."""
+
+        def report(done: int, total: int) -> None:
+            progress((done, total), desc="teacher: sampling", unit="samples")
+
+        return compare(audio_file, temperature, mel_file, pitch_shift, vocoder=vocoder, limits=limits,
+                       progress=report)
 
     return run
 

@@ -21,9 +21,10 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 import wavegen.vocoder  # noqa: E402
-from app import Limits, build_demo, launch, launch_options, load_vocoder, vocode  # noqa: E402
+from app import Limits, build_demo, compare, launch, launch_options, load_vocoder, vocode  # noqa: E402
+from app.images import CONTOUR_COLOUR  # noqa: E402
 from wavegen.checkpoint import CheckpointError  # noqa: E402
-from wavegen.models import Student, Teacher
+from wavegen.models import Student, Teacher  # noqa: E402
 from wavegen.models.pitch import PitchPredictor  # noqa: E402
 from wavegen.vocoder import Vocoder  # noqa: E402
 
@@ -70,6 +71,45 @@ def test_vocode_returns_int16_audio_of_frames_times_hop(tmp_path, vocoder, tiny)
     assert result.input_mel.dtype == np.uint8 and result.input_mel.shape == result.output_mel.shape
     assert result.input_mel.shape[-1] == 3 and not np.array_equal(result.input_mel, result.output_mel)
     assert "0.50 s of audio" in result.summary and "real-time factor" in result.summary
+
+
+def contour_pixels(image: np.ndarray) -> np.ndarray:
+    """Rows of the image where the F0 contour is drawn (its colour, exactly)."""
+    return np.nonzero((image == np.array(CONTOUR_COLOUR, dtype=np.uint8)).all(axis=-1).any(axis=1))[0]
+
+
+def test_pitch_shift_moves_the_contour_up_and_is_reported(tmp_path, vocoder, tiny):
+    """The contours are drawn over both mels on the same axes; a shift of 1.5 draws the input's contour (as
+    vocoded) higher than the unshifted one, and the summary gives the medians."""
+    wav = write_tone(tmp_path / "tone.wav", 0.75, tiny.audio.sample_rate)
+    plain = vocode(str(wav), "student", vocoder=vocoder)
+    shifted = vocode(str(wav), "student", pitch_shift=1.5, vocoder=vocoder)
+    assert contour_pixels(plain.input_mel).size and contour_pixels(plain.output_mel).size
+    assert contour_pixels(shifted.input_mel).mean() < contour_pixels(plain.input_mel).mean()  # higher = smaller row
+    assert "(the input's ×1.5)" in shifted.summary and "F0 (cyan)" in shifted.summary
+    assert shifted.audio[1].shape == plain.audio[1].shape and not np.array_equal(shifted.audio[1], plain.audio[1])
+
+
+@pytest.mark.parametrize("model, shift, expected", [
+    ("student", 3.0, "pitch shift must be a number in [0.5, 2], got 3.0"),
+    ("griffin-lim", 1.25, "only a pitch-driven student can shift pitch; the griffin-lim reads F0"),
+])
+def test_bad_pitch_shifts_are_refused(tmp_path, vocoder, model, shift, expected):
+    wav = write_tone(tmp_path / "tone.wav", 0.2, vocoder.audio.sample_rate)
+    with pytest.raises(gr.Error) as excinfo:
+        vocode(str(wav), model, pitch_shift=shift, vocoder=vocoder)
+    assert refusal_message(excinfo).startswith(expected)
+
+
+def test_compare_runs_every_model_on_the_same_input(tmp_path, vocoder, tiny):
+    wav = write_tone(tmp_path / "tone.wav", 0.5, tiny.audio.sample_rate)
+    student, teacher, griffin_lim, table = compare(str(wav), vocoder=vocoder, limits=Limits(2.0, 1.0))
+    for audio in (student, teacher, griffin_lim):
+        assert audio[0] == tiny.audio.sample_rate and audio[1].shape == (expected_samples(wav, tiny),)
+    assert table.count("| student") == table.count("| teacher") == table.count("| Griffin-Lim") == 1
+    assert "mel distance" in table and "skipped" not in table
+    _, teacher, _, table = compare(str(wav), pitch_shift=1.25, vocoder=vocoder, limits=Limits(2.0, 0.25))
+    assert teacher is None and "skipped: input longer than its 0.25 s cap" in table and "(pitch ×1.25)" in table
 
 
 def test_mel_file_is_vocoded_to_frames_times_hop(tmp_path, vocoder, tiny):
@@ -210,13 +250,26 @@ def test_api_vocode_returns_the_audio_first(client, tmp_path, tiny):
 
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/vocode"]
     names = [p["parameter_name"] for p in api["parameters"]]
-    assert names == ["audio_file", "model", "temperature", "mel_file"]
+    assert names == ["audio_file", "model", "temperature", "mel_file", "pitch_shift"]
     wav = write_tone(tmp_path / "tone.wav", 0.5, tiny.audio.sample_rate)
-    result = client.predict(handle_file(str(wav)), "student", api_name="/vocode")
+    result = client.predict(handle_file(str(wav)), "student", api_name="/vocode")  # as callers before pitch_shift
     assert len(result) == 4  # audio, input mel image, output mel image, summary (the session state is hidden)
     audio, rate = sf.read(result[0], dtype="int16")
     assert rate == tiny.audio.sample_rate and audio.shape == (expected_samples(wav, tiny),)
     assert "real-time factor" in result[3]
+
+
+def test_api_vocode_takes_a_pitch_shift_and_compare_returns_three_outputs(client, tmp_path, tiny):
+    from gradio_client import handle_file
+
+    wav = write_tone(tmp_path / "tone.wav", 0.5, tiny.audio.sample_rate)
+    result = client.predict(handle_file(str(wav)), "student", 1.0, None, 1.25, api_name="/vocode")
+    assert "×1.25" in result[3]
+    *audios, table = client.predict(handle_file(str(wav)), api_name="/compare")
+    assert audios[1] is None and "skipped" in table  # the served teacher cap is 0.25 s
+    for path in (audios[0], audios[2]):
+        audio, rate = sf.read(path, dtype="int16")
+        assert rate == tiny.audio.sample_rate and audio.shape == (expected_samples(wav, tiny),)
 
 
 def test_api_reports_errors_as_messages(client, tmp_path, tiny):
@@ -270,14 +323,22 @@ def test_browser_upload_vocode_and_download(served, tmp_path, tiny):
             uploaded = page.locator("#audio-in audio[data-testid^=audio-player]")  # appears once uploaded
             expect(uploaded).to_be_attached()
             page.locator("#model input[value=student]").check()
+            shift = page.locator("#pitch-shift input[type=number]")
+            shift.fill("1.25")
+            shift.press("Enter")
             page.locator("#vocode-btn").click()
             link = page.locator("#audio-out a[download]")
             expect(link).to_be_attached(timeout=30_000)
             expect(page.locator("#summary")).to_contain_text("real-time factor", timeout=30_000)
+            expect(page.locator("#summary")).to_contain_text("×1.25")
             expect(page.locator("#mel-out-img img")).to_be_visible()
             response = page.request.get(link.get_attribute("href"))
             assert response.ok
             (tmp_path / "out.wav").write_bytes(response.body())
+            page.locator("#compare-btn").click()
+            expect(page.locator("#compare-table")).to_contain_text("mel distance", timeout=30_000)
+            expect(page.locator("#compare-student a[download]")).to_be_attached()
+            expect(page.locator("#compare-griffin-lim a[download]")).to_be_attached()
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
         finally:
