@@ -94,6 +94,21 @@ def test_distillation_on_predicted_f0_trains_the_student_and_leaves_the_predicto
     assert all(torch.equal(before[k], v) for k, v in pitch.state_dict().items())
 
 
+def test_mel_weight_adds_the_log_mel_distance_to_the_spectral_loss(tiny_teacher_run, tiny_data, tiny):
+    from wavegen.data import SegmentDataset
+
+    teacher, _ = import_model(tiny_teacher_run / "teacher.safetensors", "teacher")
+    wav, mel, f0 = (t[None] for t in SegmentDataset(tiny_data, tiny.audio, "train", 8, pitch=True)[(0, 0)])
+    losses = {}
+    for weight in (0.0, 2.0):
+        preset = dataclasses.replace(tiny, distill=dataclasses.replace(tiny.distill, kl_weight=0.0, mel_weight=weight))
+        stage = distill_stage(preset, teacher)
+        torch.manual_seed(0)
+        losses[weight] = stage.loss(stage.model, wav, mel, f0)
+    assert "mel_l1" not in losses[0.0] and float(losses[2.0]["mel_l1"]) > 0
+    torch.testing.assert_close(losses[2.0]["loss"], losses[0.0]["stft"] + 2.0 * losses[2.0]["mel_l1"])
+
+
 def test_non_finite_loss_skips_the_step(tiny, tiny_data, tmp_path):
     stage = teacher_stage(tiny)
     calls = {"n": 0}

@@ -127,11 +127,15 @@ def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = No
         teacher.to(mel.device)
         x, gaussians = student_and_teacher(model, mel, f0)
         stft = stft_distance(x, wav, cfg.stft_ffts)
+        terms = {"stft": stft}
+        spectral = cfg.stft_weight * stft
+        if cfg.mel_weight > 0:  # log-mel L1 against the conditioning mel itself
+            terms["mel_l1"] = (frontend.to(x.device)(x) - mel).abs().mean()
+            spectral = spectral + cfg.mel_weight * terms["mel_l1"]
         if gaussians is None:
-            return {"loss": cfg.stft_weight * stft, "stft": stft}
+            return {"loss": spectral, **terms}
         kl, reg = distillation_kl(*gaussians, clamp=cfg.log_scale_clamp, reg_weight=cfg.log_scale_reg)
-        total = cfg.kl_weight * (kl + reg) + cfg.stft_weight * stft
-        return {"loss": total, "kl": kl, "log_scale_reg": reg, "stft": stft}
+        return {"loss": cfg.kl_weight * (kl + reg) + spectral, "kl": kl, "log_scale_reg": reg, **terms}
 
     @torch.no_grad()
     def validate(model: Student, batch: Batch) -> dict[str, float]:
