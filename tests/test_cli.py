@@ -182,6 +182,13 @@ def test_eval_reports_every_metric_beside_griffin_lim(tmp_path, tiny_checkpoint,
         assert -1 <= median["stoi"] <= 1 and median["mel_l1"] >= 0
 
 
+def test_eval_with_no_readable_reference_is_an_error(tmp_path, tiny_checkpoint):
+    (tmp_path / "list.txt").write_text("missing/one.wav\nmissing/two.wav\n")  # relative to the list's folder
+    result = wavegen("eval", tmp_path / "list.txt", "--checkpoint", tiny_checkpoint, "--json")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("error:") == 3 and "no reference file could be read (2 failed)" in result.stderr
+
+
 def test_bench_reports_every_path_in_one_run(tiny_checkpoint):
     # bf16 beside fp32 where the CPU has bf16 matrix instructions; elsewhere bf16 is emulated (minutes)
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()

@@ -261,9 +261,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     vocoder = Vocoder.load(args.checkpoint, device=args.device, precision=args.precision)
     files = reference_files(args.reference)[: args.limit]
     models = list(dict.fromkeys([args.model, "griffin-lim"]))
-    report = evaluate(vocoder, files, models, temperature=args.temperature, save_to=args.save_audio,
-                      on_error=lambda path, exc: print(f"error: {exc}", file=sys.stderr))
-    report["files"] = len(files)
+    failed: list[Path] = []
+
+    def on_error(path: Path, exc: Exception) -> None:
+        failed.append(path)
+        print(f"error: {exc}", file=sys.stderr)
+
+    report = evaluate(vocoder, files, models, temperature=args.temperature, save_to=args.save_audio, on_error=on_error)
+    if not files or len(failed) == len(files):
+        raise CorpusError(f"{args.reference}: no reference file could be read ({len(failed)} failed), nothing evaluated")
+    report["files"] = len(files) - len(failed)
     report["temperature"] = args.temperature
     if args.json:
         print(json.dumps(report, indent=1))
