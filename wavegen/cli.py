@@ -87,24 +87,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from wavegen.checkpoint import import_model
     from wavegen.stages import distill_stage
     from wavegen.train import fit
 
     preset = _with_overrides(load_preset(args.preset), "distill_train", args)
     source = Path(args.teacher)
-    teacher, teacher_preset = import_model(source / "teacher.safetensors" if source.is_dir() else source, "teacher")
-    if teacher_preset.audio != preset.audio:
-        raise ConfigError(f"the teacher's mel convention {teacher_preset.audio} differs from the preset's")
+    teacher = _import_matching(source / "teacher.safetensors" if source.is_dir() else source, "teacher", preset)
     pitch = None
     if preset.distill.f0_source == "predictor":
         path = Path(args.pitch) if args.pitch else source.parent / "pitch.safetensors" if source.is_file() \
             else source / "pitch.safetensors"
         if not path.is_file():
             raise ConfigError(f"distill.f0_source is 'predictor' but {path} does not exist; give --pitch")
-        pitch, pitch_preset = import_model(path, "pitch")
-        if pitch_preset.audio != preset.audio:
-            raise ConfigError(f"the pitch predictor's mel convention {pitch_preset.audio} differs from the preset's")
+        pitch = _import_matching(path, "pitch", preset)
     torch.manual_seed(preset.distill_train.seed)
     stage = distill_stage(preset, teacher, _initial_model(args.init, "student", preset), pitch)
     path = fit(stage, preset, preset.distill_train, args.data, args.out, resume=args.resume, device=args.device)
@@ -150,15 +145,14 @@ def failure_line(path: Path, exc: Exception) -> str:
     return str(exc) if str(path) in str(exc) else f"{path}: {exc}"
 
 
-def contour_source(f0: str | None, model: str):
+def contour_source(f0: str | None):
     """--f0: None, a folder of per-input contours (<stem>.csv or <stem>.npy), or one contour file for every
-    input (read here, once). Checked before anything is read or written."""
+    input (read here, once). Checked before anything is read or written; whether the model takes an F0 at all
+    is `Vocoder.check_pitch_control`'s."""
     from wavegen.contour import read_contour
 
     if f0 is None:
         return None
-    if model != "student":
-        raise PitchError(f"the {model} reads F0 from the mel alone: --f0 needs a pitch-driven student")
     path = Path(f0)
     if path.is_dir():
         return None
@@ -190,11 +184,11 @@ def cmd_vocode(args: argparse.Namespace) -> int:
     from wavegen.vocoder import Vocoder
 
     check_pitch_shift(args.pitch_shift)  # before anything is read or written
-    shared_f0 = contour_source(args.f0, args.model)
-    inputs, missing = expand_inputs(args.inputs)
-    failures = [f"{pattern}: no such file, or no audio/mel files in it" for pattern in missing]
     vocoder = Vocoder.load(args.checkpoint, device=args.device, precision=args.precision)
     vocoder.check_pitch_control(args.model, args.f0 is not None, args.pitch_shift)
+    shared_f0 = contour_source(args.f0)
+    inputs, missing = expand_inputs(args.inputs)
+    failures = [f"{pattern}: no such file, or no audio/mel files in it" for pattern in missing]
     out = Path(args.output)
     jobs: dict[Path, tuple[Path, object, object]] = {}  # target -> (source, mel, F0 or None)
     for path in inputs:
@@ -325,6 +319,16 @@ def cmd_app(args: argparse.Namespace) -> int:
 
     launch(checkpoint=args.checkpoint, host=args.host, port=args.port)
     return 0
+
+
+def _import_matching(path: Path, kind: str, preset):
+    """Exported weights of `kind` whose mel convention is the preset's (else a one-line ConfigError)."""
+    from wavegen.checkpoint import import_model
+
+    model, source = import_model(path, kind)
+    if source.audio != preset.audio:
+        raise ConfigError(f"the {kind} model's mel convention {source.audio} differs from the preset's")
+    return model
 
 
 def _initial_model(path: str | None, kind: str, preset):
