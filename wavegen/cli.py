@@ -145,48 +145,17 @@ def failure_line(path: Path, exc: Exception) -> str:
     return str(exc) if str(path) in str(exc) else f"{path}: {exc}"
 
 
-def contour_source(f0: str | None):
-    """--f0: None, a folder of per-input contours (<stem>.csv or <stem>.npy), or one contour file for every
-    input (read here, once). Checked before anything is read or written; whether the model takes an F0 at all
-    is `Vocoder.check_pitch_control`'s."""
-    from wavegen.contour import read_contour
-
-    if f0 is None:
-        return None
-    path = Path(f0)
-    if path.is_dir():
-        return None
-    if not path.exists():
-        raise PitchError(f"{path}: no such F0 file or folder")
-    return read_contour(path)
-
-
-def input_contour(f0: str | None, shared, path: Path, frames: int):
-    """The F0 (frames,) an input is vocoded with under --f0: the shared file's, or <stem>.csv/.npy in the
-    --f0 folder; a one-line PitchError if it is missing or its length differs from the input's frames."""
-    from wavegen.contour import CONTOUR_EXTENSIONS, fit_contour, read_contour
-
-    if f0 is None:
-        return None
-    source = Path(f0)
-    if shared is None:
-        found = [c for c in (source / f"{path.stem}{ext}" for ext in CONTOUR_EXTENSIONS) if c.is_file()]
-        if not found:
-            raise PitchError(f"{path}: no {path.stem}.csv or {path.stem}.npy in the --f0 folder {source}")
-        source, shared = found[0], read_contour(found[0])
-    return fit_contour(shared, frames, source)
-
-
 def cmd_vocode(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from wavegen.audio import save_audio
+    from wavegen.contour import ContourSource
     from wavegen.vocoder import Vocoder
 
     check_pitch_shift(args.pitch_shift)  # before anything is read or written
     vocoder = Vocoder.load(args.checkpoint, device=args.device, precision=args.precision)
     vocoder.check_pitch_control(args.model, args.f0 is not None, args.pitch_shift)
-    shared_f0 = contour_source(args.f0)
+    contours = None if args.f0 is None else ContourSource.open(args.f0)
     inputs, missing = expand_inputs(args.inputs)
     failures = [f"{pattern}: no such file, or no audio/mel files in it" for pattern in missing]
     out = Path(args.output)
@@ -198,7 +167,7 @@ def cmd_vocode(args: argparse.Namespace) -> int:
                 raise FileExistsError(f"{path}: same output name as {jobs[target][0]} ({target.name})")
             refuse_overwrite(target, args.force)
             mel = input_mel(path, vocoder)[0]
-            jobs[target] = (path, mel, input_contour(args.f0, shared_f0, path, mel.shape[-1]))
+            jobs[target] = (path, mel, None if contours is None else contours.for_input(path, mel.shape[-1]))
         except USER_ERRORS as exc:
             failures.append(failure_line(path, exc))
     targets = list(jobs)

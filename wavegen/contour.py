@@ -8,6 +8,7 @@ A user may edit either (draw a new melody, flatten a contour) and vocode with it
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +60,33 @@ def fit_contour(f0: np.ndarray, frames: int, path: str | Path) -> np.ndarray:
         raise PitchError(f"{path}: holds {f0.shape[-1]} F0 values, the input has {frames} mel frames; one "
                          f"value per frame is needed (make it with `wavegen pitch` on the same input)")
     return f0
+
+
+@dataclass(frozen=True)
+class ContourSource:
+    """Where the F0 of each input comes from (`wavegen vocode --f0`): one contour file for every input
+    (`shared`, read once) or a folder of per-input contours, <stem>.csv or <stem>.npy."""
+
+    path: Path
+    shared: np.ndarray | None  # the one file's contour; None for a folder
+
+    @classmethod
+    def open(cls, path: str | Path) -> ContourSource:
+        """Checked before anything is vocoded: a missing path or an unreadable file is a PitchError."""
+        path = Path(path)
+        if path.is_dir():
+            return cls(path, None)
+        if not path.exists():
+            raise PitchError(f"{path}: no such F0 file or folder")
+        return cls(path, read_contour(path))
+
+    def for_input(self, input_path: Path, frames: int) -> np.ndarray:
+        """The F0 (frames,) to vocode `input_path` with; a one-line PitchError if the folder has no contour
+        for it or its length differs from the input's mel frames."""
+        if self.shared is not None:
+            return fit_contour(self.shared, frames, self.path)
+        found = [c for c in (self.path / f"{input_path.stem}{ext}" for ext in CONTOUR_EXTENSIONS) if c.is_file()]
+        if not found:
+            raise PitchError(f"{input_path}: no {input_path.stem}.csv or {input_path.stem}.npy in the --f0 folder "
+                             f"{self.path}")
+        return fit_contour(read_contour(found[0]), frames, found[0])
