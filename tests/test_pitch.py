@@ -25,12 +25,18 @@ def speech():
     return load_preset("speech16k")
 
 
+@pytest.mark.parametrize("tracker", ["dio", "harvest"])
 @pytest.mark.parametrize("f0", [100.0, 220.0, 400.0])
-def test_labeller_reads_harmonic_tones_within_one_percent(speech, f0):
-    labels = pitch_labels(tone(f0, 1.0, speech.audio.sample_rate), speech.audio)
+def test_labeller_reads_harmonic_tones_within_one_percent(speech, f0, tracker):
+    labels = pitch_labels(tone(f0, 1.0, speech.audio.sample_rate), speech.audio, tracker)
     inner = labels[5:-5]  # frames whose window lies inside the tone
     assert (inner > 0).mean() > 0.95
     assert abs(np.median(inner[inner > 0]) / f0 - 1) < 0.01
+
+
+def test_labeller_names_an_unknown_tracker(speech):
+    with pytest.raises(ValueError, match="dio, harvest"):
+        pitch_labels(np.zeros(speech.audio.sample_rate, dtype=np.float32), speech.audio, "yin")
 
 
 def test_labeller_reads_silence_and_white_noise_as_unvoiced(speech):
