@@ -92,11 +92,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     preset = _with_overrides(load_preset(args.preset), "distill_train", args)
     source = Path(args.teacher)
-    teacher = _import_matching(source / "teacher.safetensors" if source.is_dir() else source, "teacher", preset)
+    folder = source if source.is_dir() else source.parent  # a checkpoint folder, or the teacher file's
+    teacher = _import_matching(folder / "teacher.safetensors" if source.is_dir() else source, "teacher", preset)
     pitch = None
     if preset.distill.f0_source == "predictor":
-        path = Path(args.pitch) if args.pitch else source.parent / "pitch.safetensors" if source.is_file() \
-            else source / "pitch.safetensors"
+        path = Path(args.pitch) if args.pitch else folder / "pitch.safetensors"
         if not path.is_file():
             raise ConfigError(f"distill.f0_source is 'predictor' but {path} does not exist; give --pitch")
         pitch = _import_matching(path, "pitch", preset)
@@ -178,7 +178,7 @@ def cmd_vocode(args: argparse.Namespace) -> int:
         chosen = targets[first:first + args.batch_size]
         wavs = vocoder.synthesize_many([jobs[t][1] for t in chosen], args.model, args.batch_size,
                                        temperature=args.temperature, seed=args.seed, pitch_shift=args.pitch_shift,
-                                       f0s=None if args.f0 is None else [jobs[t][2] for t in chosen])
+                                       f0s=None if contours is None else [jobs[t][2] for t in chosen])
         for target, wav in zip(chosen, wavs):
             save_audio(target, wav, vocoder.audio.sample_rate)
             bar.update(1)

@@ -142,12 +142,12 @@ def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = No
         wav, mel, f0 = batch
         generator = torch.Generator(mel.device).manual_seed(RENDER_SEED)
         x, gaussians = student_and_teacher(model, mel, f0, generator)
-        if gaussians is None:
-            return {"stft": float(stft_distance(x, wav, cfg.stft_ffts)),
+        spectral = {"stft": float(stft_distance(x, wav, cfg.stft_ffts)),
                     "mel_l1": float((frontend(x) - mel).abs().mean())}
+        if gaussians is None:
+            return spectral
         kl, _ = distillation_kl(*gaussians, clamp=cfg.log_scale_clamp, reg_weight=0.0)
-        return {"kl": float(kl), "stft": float(stft_distance(x, wav, cfg.stft_ffts)),
-                "mel_l1": float((frontend(x) - mel).abs().mean())}
+        return {"kl": float(kl), **spectral}
 
     @torch.no_grad()
     def render(model: Student, batch: Batch) -> Tensor:

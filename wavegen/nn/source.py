@@ -111,13 +111,12 @@ def peak_at(envelope: Tensor, freqs: Tensor, f0: Tensor, audio: AudioConfig) -> 
     """envelope (B, n_freqs, F), freqs (B, K, F) and f0 (B, F) in Hz -> (B, K, F): the envelope's maximum
     within f0 / 2 of each frequency (sampled at PEAK_POINTS offsets); 0 past Nyquist."""
     offsets = torch.linspace(-0.5, 0.5, PEAK_POINTS, device=freqs.device, dtype=freqs.dtype)
-    reads = [read_at(envelope, freqs + d * f0.unsqueeze(1), None, audio) for d in offsets]
+    reads = [read_at(envelope, freqs + d * f0.unsqueeze(1), audio) for d in offsets]
     return torch.stack(reads).amax(dim=0) * (freqs < audio.sample_rate / 2)
 
 
-def read_at(envelope: Tensor, freqs: Tensor, f0: Tensor | None, audio: AudioConfig) -> Tensor:
-    """envelope (B, n_freqs, F), freqs (B, K, F) in Hz -> (B, K, F), linear between bins; 0 past Nyquist.
-    (`f0` is unused: the signature is `peak_at`'s.)"""
+def read_at(envelope: Tensor, freqs: Tensor, audio: AudioConfig) -> Tensor:
+    """envelope (B, n_freqs, F), freqs (B, K, F) in Hz -> (B, K, F), linear between bins; 0 past Nyquist."""
     n_freqs = envelope.shape[1]
     position = (freqs * audio.n_fft / audio.sample_rate).clamp(0, n_freqs - 1)
     lo = position.floor().long().clamp(max=n_freqs - 2)
@@ -222,7 +221,8 @@ class HarmonicNoise(nn.Module):
         harmonic_env = spectral_envelope(mel + gain_h, self.audio)  # (B, n_freqs, F)
         noise_env = spectral_envelope(mel + gain_n + noise_share, self.audio)
         k = torch.arange(1, self.count + 1, device=mel.device, dtype=mel.dtype).view(1, -1, 1)
-        amp = (peak_at if retuned else read_at)(harmonic_env, k * f0.unsqueeze(1), f0, self.audio)  # (B, K, F)
+        freqs = k * f0.unsqueeze(1)  # (B, K, F)
+        amp = peak_at(harmonic_env, freqs, f0, self.audio) if retuned else read_at(harmonic_env, freqs, self.audio)
         amp = amp * (HARMONIC_SCALE * 2.0 / self.audio.sample_rate) * (f0 * voicing).unsqueeze(1)
         taps = minimum_phase_taps(noise_env * (NOISE_SCALE / self.noise_norm), self.taps, self.audio.n_fft)
         last = lambda x: torch.cat([x, x[..., -1:]], dim=-1)  # noqa: E731
