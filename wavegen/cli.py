@@ -301,14 +301,18 @@ def _import_matching(path: Path, kind: str, preset):
 
 
 def _initial_model(path: str | None, kind: str, preset):
-    """--init: start a new run from exported weights of the same shape (a resumed run ignores it)."""
+    """--init: start a new run from exported weights with the same parameters (a resumed run ignores it). The
+    model is the preset's: options that change no parameter (e.g. `hn_calibrate`) follow the preset."""
     if path is None:
         return None
-    from wavegen.checkpoint import import_model
+    from wavegen.checkpoint import build_model, import_model
 
-    model, source = import_model(Path(path), kind)
-    if getattr(source, kind) != getattr(preset, kind):
+    weights, _ = import_model(Path(path), kind)
+    model = build_model(kind, preset)
+    ours, theirs = model.state_dict(), weights.state_dict()
+    if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
         raise ConfigError(f"{path}: its {kind} shape differs from the preset's; --init needs the same shape")
+    model.load_state_dict(theirs)
     return model
 
 

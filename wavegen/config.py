@@ -111,7 +111,8 @@ class FlowConfig(BodyShape):
 
     With `harmonic_noise`, a harmonic-plus-noise flow comes first (`wavegen.nn.source.HarmonicNoise`):
     its harmonic amplitudes and noise filter come from the mel's envelope and F0 (a frame network of
-    `hn_channels` learns a correction), never from z, so the student stays an exact IAF.
+    `hn_channels` learns a correction; with `hn_calibrate`, their levels are then set so that the expected
+    log-mel of the flow's output is the conditioning mel), never from z, so the student stays an exact IAF.
     """
 
     layers: tuple[int, ...] = (10, 10, 10, 10, 10, 10)
@@ -120,6 +121,8 @@ class FlowConfig(BodyShape):
     hn_channels: int = 64
     noise_taps: int = 128
     f0_min: float = 50.0  # the lowest F0 the harmonic flow sounds: it sets the number of harmonics
+    # levels set so the expected log-mel of flow 0's output equals the conditioning mel (`HarmonicNoise.calibrate`)
+    hn_calibrate: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
