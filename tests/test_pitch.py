@@ -251,7 +251,7 @@ def test_hann_lobe_power_is_the_windowed_sinusoid_spectrum(speech):
     expected = source.hann_lobe_power(torch.tensor(bins - position, dtype=torch.float64)).numpy() * (0.7 * win / 4) ** 2
     big = expected > 1e-3 * expected.max()
     np.testing.assert_allclose(spectrum[bins][big] ** 2, expected[big], rtol=0.02)
-    smear = source.frame_smear(speech.audio)
+    smear = torch.tensor(source.frame_smear(speech.audio))
     assert smear.sum() == pytest.approx(1.0) and torch.allclose(smear, smear.flip(0)) and smear.argmax() == smear.numel() // 2
 
 

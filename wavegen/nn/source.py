@@ -183,16 +183,17 @@ def hann_lobe_power(offset: Tensor) -> Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def frame_smear(audio: AudioConfig) -> Tensor:
-    """(2 R + 1,): the share of the analysis window's energy (Hann squared, centred on its frame) lying
-    nearest each frame offset -R..R: how an STFT frame's power mixes its neighbours' levels."""
+def frame_smear(audio: AudioConfig) -> tuple[float, ...]:
+    """2 R + 1 weights: the share of the analysis window's energy (Hann squared, centred on its frame) lying
+    nearest each frame offset -R..R: how an STFT frame's power mixes its neighbours' levels. Plain numbers, so
+    a traced graph holds them as constants."""
     with torch.inference_mode(False), torch.no_grad():
         window = torch.hann_window(audio.win_length, periodic=True, dtype=torch.float64)
         offsets = torch.arange(audio.win_length, dtype=torch.float64) - audio.win_length // 2
         nearest = torch.round(offsets / audio.hop_length).long()
         reach = int(nearest.abs().max())
         share = torch.stack([(window[nearest == j] ** 2).sum() for j in range(-reach, reach + 1)])
-        return (share / share.sum()).float()
+        return tuple((share / share.sum()).tolist())
 
 
 def smooth_bands(log_mel: Tensor, width: float) -> Tensor:
@@ -230,7 +231,7 @@ def expected_log_mel(amp: Tensor, taps: Tensor, f0: Tensor, audio: AudioConfig) 
         power = power.scatter_add(2, index.clamp(0, n_freqs - 1).transpose(1, 2), (peak * lobe).transpose(1, 2))
     noise = torch.fft.rfft(taps.transpose(1, 2), n=audio.n_fft).abs() ** 2 * (3.0 * win / 8.0)  # (B, F, n_freqs)
     power = (power + math.pi / 4.0 * noise).transpose(1, 2)  # (B, n_freqs, F)
-    smear = frame_smear(audio).tolist()  # constants (also in a traced graph)
+    smear = frame_smear(audio)
     reach = len(smear) // 2
     padded = nn.functional.pad(power, (reach, reach), mode="replicate")
     power = sum(weight * padded[..., j:j + frames] for j, weight in enumerate(smear))
