@@ -127,6 +127,14 @@ def _mel_transform(audio: AudioConfig) -> torchaudio.transforms.MelSpectrogram:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(audio: AudioConfig) -> torch.Tensor:
+    """(n_freqs, n_mels): the filterbank `MelFrontend` applies (its own, copied out of inference mode so that
+    training may use what an inference call cached first)."""
+    with torch.inference_mode(False), torch.no_grad():
+        return _mel_transform(audio).mel_scale.fb.clone()
+
+
 class MelFrontend(torch.nn.Module):
     """Waveform (B, T) -> log-mel (B, n_mels, T // hop_length).
 

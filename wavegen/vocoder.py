@@ -19,7 +19,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from wavegen.audio import MelFrontend, check_mel
+from wavegen.audio import MelFrontend, check_mel, mel_filterbank
 from wavegen.checkpoint import CheckpointError, import_model
 from wavegen.config import AudioConfig, Preset
 from wavegen.models import Student, Teacher
@@ -293,9 +293,7 @@ class Vocoder:
 
 def griffin_lim(mel: Tensor, audio: AudioConfig, n_iter: int = GRIFFIN_LIM_ITERATIONS) -> Tensor:
     """(B, n_mels, F) log-mel -> (B, F * hop): pseudo-inverse mel filterbank + Griffin-Lim."""
-    fbank = torchaudio.functional.melscale_fbanks(
-        audio.n_fft // 2 + 1, audio.f_min, audio.f_max, audio.n_mels, audio.sample_rate,
-        norm="slaney", mel_scale="slaney").to(mel.device)  # (n_freqs, n_mels)
+    fbank = mel_filterbank(audio).to(mel.device)  # (n_freqs, n_mels)
     frames = mel.shape[-1]
     min_frames = audio.n_fft // (2 * audio.hop_length) + 1  # reflect padding needs > n_fft / 2 samples
     if frames < min_frames:  # pad with silence, cut back below
