@@ -22,7 +22,7 @@ from torch import Tensor
 from wavegen import Vocoder
 from wavegen.audio import AudioError, MelError, check_mel, load_audio, mel_convention_mismatch
 from wavegen.config import AudioConfig
-from wavegen.vocoder import MODELS, PITCH_SHIFT_RANGE
+from wavegen.vocoder import MODELS, PITCH_SHIFT_RANGE, PitchError
 
 from app.images import colour_scale, draw_contour, mel_image
 
@@ -67,8 +67,8 @@ def vocode(audio_file: str | Path | None, model: str, temperature: float = 1.0,
            progress: Callable[[int, int], None] | None = None) -> VocodeResult:
     """Vocode an audio file (through its mel) or a log-mel .npy file with one model.
 
-    `mel_file` wins when both are given; `pitch_shift` multiplies the student's F0 (the others take F0
-    from the mel alone, so they refuse a shift). `timings` is the session's memory, {input fingerprint:
+    `mel_file` wins when both are given; `pitch_shift` multiplies the F0 of a pitch-driven model (the others
+    take F0 from the mel alone, so they refuse a shift). `timings` is the session's memory, {input fingerprint:
     {model: real-time factor}}, updated in place; `progress(done, total)` is fed by the teacher.
     Raises gr.Error with a one-line message for any unusable request.
     """
@@ -99,7 +99,7 @@ def synthesize(vocoder: Vocoder, mel: Tensor, model: str, temperature: float, pi
     start = time.perf_counter()
     try:
         wav = vocoder.synthesize(mel, model, temperature, progress=progress,
-                                 pitch_shift=pitch_shift if model == "student" else 1.0)[0]  # (F * hop,)
+                                 pitch_shift=pitch_shift if vocoder.pitch_driven(model) else 1.0)[0]  # (F * hop,)
     except ValueError as exc:  # MelError and the library's other refusals
         raise refusal(str(exc)) from exc
     elapsed = time.perf_counter() - start
@@ -130,8 +130,10 @@ def check_request(vocoder: Vocoder, model: str, temperature: float, pitch_shift:
         raise refusal(f"this checkpoint has no trained {model}; available: {available}")
     check_range("temperature", temperature, TEMPERATURE_RANGE)
     check_range("pitch shift", pitch_shift, PITCH_SHIFT_RANGE)
-    if pitch_shift != 1.0 and (model != "student" or vocoder.student.source is None):
-        raise refusal(f"only a pitch-driven student can shift pitch; the {model} reads F0 from the mel alone")
+    try:  # the vocoder's own rule: only a pitch-driven model takes a shift
+        vocoder.check_pitch_control(model, False, pitch_shift)
+    except PitchError as exc:
+        raise refusal(str(exc)) from exc
 
 
 def check_range(name: str, value: float, bounds: tuple[float, float]) -> None:
@@ -167,7 +169,7 @@ def compare(audio_file: str | Path | None, temperature: float = 1.0, mel_file: s
             audios.append(None)
             rows.append(f"| {MODEL_LABELS[model]} | – | – | skipped: {why} |")
             continue
-        shift = pitch_shift if model == "student" and vocoder.student.source is not None else 1.0
+        shift = pitch_shift if vocoder.pitch_driven(model) else 1.0
         out = synthesize(vocoder, mel, model, temperature, shift, progress if model == "teacher" else None)
         audios.append((vocoder.audio.sample_rate, to_int16(out.wav.numpy())))
         distance = float(np.mean(np.abs(out.mel - mel_in)))

@@ -89,7 +89,7 @@ def build_demo(vocoder: Vocoder, *, max_seconds: float = 30.0, teacher_max_secon
         compare_button.click(compare_endpoint(vocoder, limits), [audio_in, temperature, mel_in, pitch_shift],
                              [*compared, table], api_name="compare", show_progress_on=table)
         model.change(lambda m: (gr.Slider(interactive=m != "griffin-lim"),
-                                gr.Slider(interactive=m == "student" and pitch_driven(vocoder))),
+                                gr.Slider(interactive=vocoder.pitch_driven(m))),
                      model, [temperature, pitch_shift], api_visibility="private", queue=False)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return demo
@@ -121,10 +121,6 @@ def input_panel(examples: list[Path]) -> tuple[gr.Audio, gr.File]:
     return audio_in, mel_in
 
 
-def pitch_driven(vocoder: Vocoder) -> bool:
-    return vocoder.student is not None and vocoder.student.source is not None
-
-
 def model_panel(vocoder: Vocoder, limits: Limits) -> tuple[gr.Radio, gr.Slider, gr.Slider, gr.Button]:
     available = vocoder.available_models
     choices = [(MODEL_LABELS[m] + ("" if m in available else ": not in this checkpoint"), m) for m in MODELS]
@@ -135,8 +131,8 @@ def model_panel(vocoder: Vocoder, limits: Limits) -> tuple[gr.Radio, gr.Slider, 
                             info="Scales the noise the student (and the teacher) sample; 0 gives the mean.",
                             interactive=available[0] != "griffin-lim", elem_id="temperature")
     pitch_shift = gr.Slider(*PITCH_SHIFT_RANGE, value=1.0, step=0.05, label="Pitch shift",
-                            info="Multiplies the F0 the student sings at (1 keeps the speaker's pitch).",
-                            interactive=available[0] == "student" and pitch_driven(vocoder), elem_id="pitch-shift")
+                            info="Multiplies the F0 a pitch-driven model sings at (1 keeps the speaker's pitch).",
+                            interactive=vocoder.pitch_driven(available[0]), elem_id="pitch-shift")
     button = gr.Button("Vocode", variant="primary", elem_id="vocode-btn")
     return model, temperature, pitch_shift, button
 

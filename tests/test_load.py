@@ -148,7 +148,7 @@ def is_expected(outcome: Outcome) -> bool:
 @pytest.mark.slow
 def test_many_users_at_once_are_all_answered_within_bounds(tmp_path, tiny):
     torch.manual_seed(0)
-    vocoder = Vocoder(tiny.audio, Teacher(tiny.teacher), Student(tiny.student, tiny.audio), device="cpu",
+    vocoder = Vocoder(tiny.audio, Teacher(tiny.teacher, tiny.audio), Student(tiny.student, tiny.audio), device="cpu",
                    pitch=PitchPredictor(tiny.pitch))
     rate, hop = tiny.audio.sample_rate, tiny.audio.hop_length
     plans = plan_requests(tmp_path, rate, hop)

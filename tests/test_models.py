@@ -70,31 +70,58 @@ def test_receptive_field_is_what_the_config_says(tiny):
     assert 200 - int(seen.min()) == tiny.teacher.receptive_field
 
 
+def teacher_and_pitch(tiny, frames: int, batch: int = 1, harmonics: int = 3, **changes):
+    """A randomised tiny teacher (pitch-driven unless harmonics is 0) and the F0/voicing keywords it takes."""
+    cfg = dataclasses.replace(tiny.teacher, source_harmonics=harmonics, **changes)
+    teacher = randomise(Teacher(cfg, tiny.audio), 0.2)
+    return teacher, (contour(batch, frames) if harmonics else {})
+
+
 @pytest.mark.parametrize("output", ["gaussian", "mol"])
-def test_teacher_parameters_at_t_depend_only_on_the_past(tiny, output):
-    teacher = randomise(Teacher(dataclasses.replace(tiny.teacher, output=output)), 0.2)
+@pytest.mark.parametrize("harmonics", [0, 3])
+def test_teacher_parameters_at_t_depend_only_on_the_past(tiny, output, harmonics):
+    teacher, pitch = teacher_and_pitch(tiny, 3, harmonics=harmonics, output=output)
     mel = torch.randn(1, tiny.audio.n_mels, 3)
     x = (0.5 * torch.randn(1, 3 * tiny.audio.hop_length)).clamp(-1, 1)
     t0 = 100
-    base = teacher.params(x, mel)
+    base = teacher.params(x, mel, **pitch)
     x2 = x.clone()
     x2[:, t0:] = -x2[:, t0:]
-    changed = teacher.params(x2, mel)
+    changed = teacher.params(x2, mel, **pitch)
     assert torch.equal(base[..., : t0 + 1], changed[..., : t0 + 1])  # x_t0 itself is not seen at t0
     assert not torch.allclose(base[..., t0 + 1:], changed[..., t0 + 1:])
 
 
-@pytest.mark.parametrize("output,compiled", [("gaussian", True), ("gaussian", False), ("mol", False)])
-def test_cached_generation_equals_the_naive_generator(tiny, output, compiled):
-    teacher = randomise(Teacher(dataclasses.replace(tiny.teacher, output=output)), 0.2).eval()
+def test_a_pitch_driven_teacher_hears_its_source_and_starts_as_the_mel_only_one(tiny):
+    """The source enters the input path: a different F0 changes the parameters; with the source's input
+    weights at their zero initialisation, it changes nothing and the teacher is the mel-only one it was loaded
+    from (--init into a pitch-driven preset)."""
+    teacher, pitch = teacher_and_pitch(tiny, 3)
+    mel, x = torch.randn(1, tiny.audio.n_mels, 3), (0.5 * torch.randn(1, 3 * tiny.audio.hop_length)).clamp(-1, 1)
+    higher = {"f0": pitch["f0"] * 1.3, "voicing": pitch["voicing"]}
+    assert not torch.allclose(teacher.params(x, mel, **pitch), teacher.params(x, mel, **higher))
+    plain, _ = teacher_and_pitch(tiny, 3, harmonics=0)
+    started = Teacher(tiny.teacher, tiny.audio)
+    assert set(started.state_dict()) - set(plain.state_dict()) == {"body.source.weight"}
+    started.load_state_dict(plain.state_dict(), strict=False)
+    torch.testing.assert_close(started.params(x, mel, **pitch), plain.params(x, mel))
+    with pytest.raises(ValueError, match="needs F0 and voicing"):
+        started.params(x, mel)
+
+
+@pytest.mark.parametrize("output,compiled,harmonics", [("gaussian", True, 0), ("gaussian", False, 0),
+                                                       ("mol", False, 0), ("gaussian", True, 3), ("mol", False, 3)])
+def test_cached_generation_equals_the_naive_generator(tiny, output, compiled, harmonics):
+    teacher, pitch = teacher_and_pitch(tiny, 2, batch=2, harmonics=harmonics, output=output)
+    teacher.eval()
     mel = torch.randn(2, tiny.audio.n_mels, 2)
-    cached = teacher.generate(mel, generator=torch.Generator().manual_seed(5), compiled=compiled)
-    naive = teacher.generate_naive(mel, generator=torch.Generator().manual_seed(5))
+    cached = teacher.generate(mel, generator=torch.Generator().manual_seed(5), compiled=compiled, **pitch)
+    naive = teacher.generate_naive(mel, generator=torch.Generator().manual_seed(5), **pitch)
     assert cached.shape == (2, 2 * tiny.audio.hop_length)
     assert (cached - naive).abs().max() <= 1e-4
     assert cached.std() > 0.01  # not a constant signal
     # and what it generated is scored by the parallel pass like any other waveform
-    assert torch.isfinite(teacher.log_prob(cached, mel)).all()
+    assert torch.isfinite(teacher.log_prob(cached, mel, **pitch)).all()
 
 
 @pytest.mark.parametrize("kernel", [2, 3])

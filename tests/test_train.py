@@ -53,8 +53,10 @@ def test_init_starts_a_run_from_exported_weights_and_resume_takes_the_new_lr(tin
 
 
 def test_init_takes_the_weights_and_the_presets_parameter_free_options(tiny, tmp_path):
-    """--init into a preset that differs only in an option without parameters (flow 0's calibration) keeps the
-    weights and follows the preset; a different parameter shape is a one-line ConfigError."""
+    """--init into a preset that differs in an option without parameters (flow 0's calibration) keeps the weights
+    and follows the preset; into one that adds a module (a mel-only teacher into the pitch-driven tiny one: its
+    source input) it keeps every weight it has and starts the new module from its initialisation (zero, so the
+    teacher is unchanged); a different parameter shape, or a part the preset lacks, is a one-line ConfigError."""
     from wavegen.checkpoint import build_model, export_model
     from wavegen.cli import _initial_model
     from wavegen.config import ConfigError
@@ -70,6 +72,17 @@ def test_init_takes_the_weights_and_the_presets_parameter_free_options(tiny, tmp
     wider = dataclasses.replace(tiny, student=dataclasses.replace(tiny.student, hn_channels=tiny.student.hn_channels + 1))
     with pytest.raises(ConfigError, match="shape differs"):
         _initial_model(str(path), "student", wider)
+
+    mel_only = dataclasses.replace(tiny, teacher=dataclasses.replace(tiny.teacher, source_harmonics=0))
+    teacher = build_model("teacher", mel_only)
+    path = export_model(tmp_path / "teacher.safetensors", teacher, "teacher", mel_only)
+    driven = _initial_model(str(path), "teacher", tiny)
+    assert driven.pitch_driven and not teacher.pitch_driven and not driven.body.source.weight.any()
+    for name, value in teacher.state_dict().items():
+        torch.testing.assert_close(driven.state_dict()[name], value)
+    with pytest.raises(ConfigError, match="shape differs"):  # weights with a part the preset lacks
+        _initial_model(str(export_model(tmp_path / "driven.safetensors", driven, "teacher", tiny)), "teacher",
+                       mel_only)
 
 
 def test_state_loads_with_weights_only(tiny_teacher_run):
@@ -136,9 +149,9 @@ def test_non_finite_loss_skips_the_step(tiny, tiny_data, tmp_path):
     calls = {"n": 0}
     base_loss = stage.loss
 
-    def flaky(model, wav, mel):
+    def flaky(model, *batch):  # (wav, mel[, f0]): the tiny teacher is pitch-driven
         calls["n"] += 1
-        losses = base_loss(model, wav, mel)
+        losses = base_loss(model, *batch)
         if calls["n"] in (3, 4):
             losses["loss"] = losses["loss"] * float("nan")
         return losses

@@ -1,5 +1,7 @@
 """The public inference API: loading, synthesis paths, chunking, batching, export."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -202,6 +204,22 @@ def test_the_student_runs_on_a_given_or_shifted_contour_and_refuses_bad_ones(voc
                                    (-f0, 1.0, "non-negative")):
         with pytest.raises(PitchError, match=message):
             vocoder.synthesize(mel, f0=bad_f0, pitch_shift=shift)
-    for model in ("teacher", "griffin-lim"):  # they read F0 from the mel alone: refused, not ignored
-        with pytest.raises(PitchError, match=f"the {model} reads F0 from the mel alone"):
-            vocoder.synthesize(mel, model, pitch_shift=1.25)
+    with pytest.raises(PitchError, match="the griffin-lim reads F0 from the mel alone"):  # refused, not ignored
+        vocoder.synthesize(mel, "griffin-lim", pitch_shift=1.25)
+
+
+def test_a_pitch_driven_teacher_takes_the_contour_and_a_mel_only_one_refuses_it(vocoder, tiny):
+    from wavegen.models import Teacher
+    from wavegen.vocoder import PitchError
+
+    assert vocoder.pitch_driven("teacher")  # the tiny preset's teacher hears harmonics of F0
+    mel = torch.full((1, tiny.audio.n_mels, 3), -6.0)
+    f0 = torch.tensor([120.0, 125.0, 130.0])
+    same = vocoder.synthesize(mel, "teacher", seed=0, f0=f0)
+    assert torch.equal(same, vocoder.synthesize(mel, "teacher", seed=0, f0=f0.numpy()))
+    assert not torch.equal(same, vocoder.synthesize(mel, "teacher", seed=0, f0=f0, pitch_shift=1.5))
+    plain = Teacher(dataclasses.replace(tiny.teacher, source_harmonics=0), tiny.audio)
+    mel_only = Vocoder(tiny.audio, plain, vocoder.student, pitch=vocoder.pitch_model, device="cpu", precision="fp32")
+    assert not mel_only.pitch_driven("teacher")
+    with pytest.raises(PitchError, match="the teacher reads F0 from the mel alone"):
+        mel_only.synthesize(mel, "teacher", pitch_shift=1.25)

@@ -35,7 +35,7 @@ class CheckpointError(ValueError):
 
 def build_model(kind: str, preset: Preset) -> nn.Module:
     if kind == "teacher":
-        return Teacher(preset.teacher)
+        return Teacher(preset.teacher, preset.audio)
     if kind == "student":
         return Student(preset.student, preset.audio)
     if kind == "pitch":

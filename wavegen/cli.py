@@ -301,8 +301,9 @@ def _import_matching(path: Path, kind: str, preset):
 
 
 def _initial_model(path: str | None, kind: str, preset):
-    """--init: start a new run from exported weights with the same parameters (a resumed run ignores it). The
-    model is the preset's: options that change no parameter (e.g. `hn_calibrate`) follow the preset."""
+    """--init: start a new run from exported weights (a resumed run ignores it). The model is the preset's:
+    options that change no parameter (e.g. `hn_calibrate`) follow the preset, and parts the weights lack (a
+    module the preset adds, e.g. a teacher's source input) keep their initialisation; every part both have must match."""
     if path is None:
         return None
     from wavegen.checkpoint import build_model, import_model
@@ -310,9 +311,12 @@ def _initial_model(path: str | None, kind: str, preset):
     weights, _ = import_model(Path(path), kind)
     model = build_model(kind, preset)
     ours, theirs = model.state_dict(), weights.state_dict()
-    if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
+    if theirs.keys() - ours.keys() or any(ours[k].shape != theirs[k].shape for k in theirs):
         raise ConfigError(f"{path}: its {kind} shape differs from the preset's; --init needs the same shape")
-    model.load_state_dict(theirs)
+    model.load_state_dict(theirs, strict=False)
+    new = sorted({key.split(".")[0] for key in ours.keys() - theirs.keys()})
+    if new:
+        print(f"--init: {path} has no {', '.join(new)}; those start from the preset's initialisation")
     return model
 
 

@@ -89,11 +89,15 @@ class WaveNetConfig(BodyShape):
     output: str = "gaussian"  # "gaussian" or "mol" (teacher only)
     n_mixtures: int = 10
     log_scale_min: float = -9.0
+    # teacher only, > 0: harmonics 1..n of F0 (sin and cos, times voicing) and the voicing enter its input path
+    # (`wavegen.nn.source.source_channels`): p(x_t | x_<t, mel, source)
+    source_harmonics: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.layers > 0, "layers must be positive")
         _require(self.output in ("gaussian", "mol"), f"output must be 'gaussian' or 'mol', got {self.output!r}")
+        _require(self.source_harmonics >= 0, "source_harmonics must be >= 0")
 
     @property
     def dilations(self) -> tuple[int, ...]:

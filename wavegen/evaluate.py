@@ -201,9 +201,17 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
                       "rtf": elapsed / (samples / rate), "samples_per_s": samples / elapsed,
                       "peak_rss_mb": peak, "note": note}
 
+    def teacher_pitch(frames: int) -> dict[str, torch.Tensor]:
+        """A pitch-driven teacher's F0 and voicing for the first `frames` of the mel (nothing for a mel-only one)."""
+        contour = vocoder.source_contour(mel[..., :frames], None, 1.0, "teacher")
+        return {} if contour is None else {"f0": contour.f0, "voicing": contour.voicing}
+
     if vocoder.teacher is not None:  # training throughput: teacher-forced forward + backward
         x, m = wav[:, : frames * hop].clone(), mel[..., :frames].clone()
-        elapsed, peak = timed(lambda: vocoder.teacher.log_prob(x, m).mean().backward(), repeats)
+        with torch.inference_mode():
+            pitch = teacher_pitch(frames)
+        pitch = {k: v.clone() for k, v in pitch.items()}  # out of inference mode, for autograd
+        elapsed, peak = timed(lambda: vocoder.teacher.log_prob(x, m, **pitch).mean().backward(), repeats)
         vocoder.teacher.zero_grad(set_to_none=True)
         record("teacher_forced_train", frames * hop * batch, elapsed, peak,
                "log_prob forward + backward (training throughput, no optimizer step)")
@@ -227,17 +235,19 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
             record("student_log_prob", frames * hop * batch, elapsed, peak,
                    f"first {frames * hop} samples; sequential inverse, all flows; extrapolated linearly")
         if vocoder.teacher is not None:
-            vocoder.teacher.generate(mel[..., :1])  # warm-up (loads the compiled loop)
+            vocoder.teacher.generate(mel[..., :1], **teacher_pitch(1))  # warm-up (loads the compiled loop)
             elapsed, peak = timed(lambda: vocoder.synthesize(mel[..., :frames], "teacher", seed=0), 1)
             record("teacher_cached", frames * hop * batch, elapsed, peak,
                    f"first {frames * hop} samples, the compiled loop on the CPU; RTF extrapolated linearly")
             reference = max(1, frames // 8)  # the PyTorch step is slow: a shorter prefix
-            elapsed, peak = timed(lambda: vocoder.teacher.generate(mel[..., :reference], compiled=False), 1)
+            elapsed, peak = timed(lambda: vocoder.teacher.generate(mel[..., :reference], compiled=False,
+                                                                   **teacher_pitch(reference)), 1)
             record("teacher_cached_pytorch", reference * hop * batch, elapsed, peak,
                    f"first {reference * hop} samples, the PyTorch step (the compiled loop's reference)")
             length = max(1, round(naive_seconds * rate))
             start = time.perf_counter()
-            vocoder.teacher.generate_naive(mel[..., : math.ceil(length / hop)], length=length)
+            vocoder.teacher.generate_naive(mel[..., : math.ceil(length / hop)], length=length,
+                                           **teacher_pitch(math.ceil(length / hop)))
             record("teacher_naive", length * batch, time.perf_counter() - start, peak_rss_mb(),
                    f"first {length} samples, receptive field recomputed each step; extrapolated linearly")
         elapsed, peak = timed(lambda: vocoder.synthesize(mel, "griffin-lim"), repeats)

@@ -71,24 +71,30 @@ def pitch_stage(preset: Preset, model: PitchPredictor | None = None) -> Stage:
 
 
 def teacher_stage(preset: Preset, teacher: Teacher | None = None) -> Stage:
-    """Maximum likelihood: Gaussian (or MoL) NLL per sample on real audio."""
+    """Maximum likelihood: Gaussian (or MoL) NLL per sample on real audio; a pitch-driven teacher reads the
+    corpus's F0 labels (voiced where F0 > 0) beside the mel."""
+    model = teacher if teacher is not None else Teacher(preset.teacher, preset.audio)
+    driven = model.pitch_driven
 
-    def loss(model: nn.Module, wav: Tensor, mel: Tensor, *_: Tensor) -> dict[str, Tensor]:
-        value = nll(model(wav, mel))
+    def contour(f0: Tensor | None) -> dict[str, Tensor]:
+        return {"f0": f0, "voicing": (f0 > 0).float()} if driven else {}
+
+    def loss(model: nn.Module, wav: Tensor, mel: Tensor, *f0: Tensor) -> dict[str, Tensor]:
+        value = nll(model(wav, mel, **contour(f0[0] if f0 else None)))
         return {"loss": value, "nll": value}
 
     @torch.no_grad()
     def validate(model: Teacher, batch: Batch) -> dict[str, float]:
-        value = float(nll(model.log_prob(*batch[:2])))
+        value = float(nll(model.log_prob(batch[0], batch[1], **contour(batch[2] if driven else None))))
         return {"nll_nats": value, "nll_bits": value * NATS_TO_BITS}
 
     def render(model: Teacher, batch: Batch) -> Tensor:
         frames = _render_frames(preset, preset.train.sample_seconds, batch[1].shape[-1])
         generator = torch.Generator(batch[1].device).manual_seed(RENDER_SEED)
-        return model.generate(batch[1][:1, :, :frames], generator=generator)[0]
+        pitch = contour(batch[2][:1, :frames] if driven else None)
+        return model.generate(batch[1][:1, :, :frames], generator=generator, **pitch)[0]
 
-    model = teacher if teacher is not None else Teacher(preset.teacher)
-    return Stage("teacher", model, loss, validate, render)
+    return Stage("teacher", model, loss, validate, render, pitch=driven)
 
 
 def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = None,
@@ -120,7 +126,8 @@ def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = No
         x, mu_q, log_sigma_q = model(mel, generator=generator, f0=f0, voicing=voicing)
         if cfg.kl_weight == 0:  # STFT only: the teacher is not run
             return x, None
-        mu_p, log_sigma_p = teacher.gaussian(teacher.params(x, mel))
+        pitch = {"f0": f0, "voicing": voicing} if teacher.pitch_driven else {}  # the student's own contour
+        mu_p, log_sigma_p = teacher.gaussian(teacher.params(x, mel, **pitch))
         return x, (mu_q, log_sigma_q, mu_p, log_sigma_p)
 
     def loss(model: nn.Module, wav: Tensor, mel: Tensor, f0: Tensor) -> dict[str, Tensor]:

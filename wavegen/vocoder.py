@@ -42,7 +42,7 @@ PITCH_SHIFT_RANGE = (0.5, 2.0)
 
 
 class Contour(NamedTuple):
-    """What a pitch-driven student runs on: F0 (B, F) in Hz, the harmonics' weight (B, F) in [0, 1], and
+    """What a pitch-driven model runs on: F0 (B, F) in Hz, the harmonics' weight (B, F) in [0, 1], and
     whether the F0 differs from the mel's own (shifted or the caller's: `HarmonicNoise.frame_params`)."""
 
     f0: Tensor
@@ -170,23 +170,30 @@ class Vocoder:
         f0, voicing = self.pitch_model.predict(mel.to(self.device))
         return torch.where(voiced(voicing) > 0, f0, torch.zeros_like(f0)).cpu(), voicing.cpu()
 
-    def check_pitch_control(self, model: str, f0_given: bool, pitch_shift: float) -> None:
-        """A PitchError unless `model` can take a caller's F0 or a pitch shift (0.5-2): only a pitch-driven
-        student can; the teacher and Griffin-Lim read pitch from the mel alone."""
-        check_pitch_shift(pitch_shift)
-        if (f0_given or pitch_shift != 1.0) and (model != "student" or self.student.source is None):
-            what = "a mel-only student" if model == "student" else f"the {model}"
-            raise PitchError(f"{what} reads F0 from the mel alone: pitch shift and f0 need a pitch-driven student")
+    def pitch_driven(self, model: str) -> bool:
+        """Whether `model` runs on an F0 contour (a student with a harmonic flow 0, a teacher with a source)."""
+        if model == "student":
+            return self.student is not None and self.student.source is not None
+        return model == "teacher" and self.teacher is not None and self.teacher.pitch_driven
 
-    def source_contour(self, mel: Tensor, f0: Tensor | np.ndarray | None, pitch_shift: float) -> Contour | None:
-        """The F0 (B, F) and voicing (B, F) a pitch-driven student runs on: predicted from the mel unless
-        `f0` (F,) or (B, F) in Hz (0 unvoiced) is given, times `pitch_shift`; None for a mel-only student."""
+    def check_pitch_control(self, model: str, f0_given: bool, pitch_shift: float) -> None:
+        """A PitchError unless `model` can take a caller's F0 or a pitch shift (0.5-2): a pitch-driven student
+        or teacher can; Griffin-Lim and mel-only models read pitch from the mel alone."""
         check_pitch_shift(pitch_shift)
-        if self.student is None or self.student.source is None:
+        if (f0_given or pitch_shift != 1.0) and not self.pitch_driven(model):
+            what = "a mel-only student" if model == "student" else f"the {model}"
+            raise PitchError(f"{what} reads F0 from the mel alone: pitch shift and f0 need a pitch-driven model")
+
+    def source_contour(self, mel: Tensor, f0: Tensor | np.ndarray | None, pitch_shift: float,
+                       model: str = "student") -> Contour | None:
+        """The F0 (B, F) and voicing (B, F) a pitch-driven `model` runs on: predicted from the mel unless
+        `f0` (F,) or (B, F) in Hz (0 unvoiced) is given, times `pitch_shift`; None for a mel-only model."""
+        check_pitch_shift(pitch_shift)
+        if not self.pitch_driven(model):
             return None
         if f0 is None:
             if self.pitch_model is None:
-                raise ModelUnavailable("this student is pitch-driven: give f0 or load a pitch predictor")
+                raise ModelUnavailable(f"this {model} is pitch-driven: give f0 or load a pitch predictor")
             contour, voicing = self.pitch_model.source(mel)
         else:
             contour = torch.as_tensor(np.asarray(f0, dtype=np.float32) if isinstance(f0, np.ndarray) else f0)
@@ -205,8 +212,8 @@ class Vocoder:
 
         The student draws z (B, F * hop) once (or takes `z`) and synthesises long inputs in chunks of
         `chunk_frames`, each flow carrying its past in a cache, so peak memory stays bounded and the
-        result equals one whole-input pass. A pitch-driven student runs on the F0 the pitch predictor
-        reads from the mel, or on `f0` (F,) or (B, F) in Hz (0 unvoiced), times `pitch_shift` (0.5-2).
+        result equals one whole-input pass. A pitch-driven student or teacher runs on the F0 the pitch
+        predictor reads from the mel, or on `f0` (F,) or (B, F) in Hz (0 unvoiced), times `pitch_shift` (0.5-2).
         The teacher is sequential; its memory is bounded by its step cache.
         """
         if model not in MODELS:
@@ -215,12 +222,13 @@ class Vocoder:
             raise ModelUnavailable(f"this checkpoint has no {model}; available: {', '.join(self.available_models)}")
         self.check_pitch_control(model, f0 is not None, pitch_shift)
         mel = check_mel(mel, self.audio).to(self.device)
-        contour = self.source_contour(mel, f0, pitch_shift) if model == "student" else None
+        contour = self.source_contour(mel, f0, pitch_shift, model)
         generator = torch.Generator(self.device).manual_seed(seed) if seed is not None else None
         if model == "griffin-lim":
             wav = griffin_lim(mel, self.audio)
         elif model == "teacher":
-            wav = self.teacher.generate(mel, temperature, progress=progress, generator=generator)
+            pitch = {} if contour is None else {"f0": contour.f0, "voicing": contour.voicing}
+            wav = self.teacher.generate(mel, temperature, progress=progress, generator=generator, **pitch)
         else:
             if z is None:
                 shape = (mel.shape[0], mel.shape[-1] * self.audio.hop_length)

@@ -23,7 +23,10 @@ stages of about equal layers that run as a pipeline on separate cores: stage s h
 [i span, (i + 1) span) while stage s - 1 already handles the next span; every body depends only on
 its own past and on the stage before, so the result is the same as running the stack sample by sample.
 The state (ring buffers, last inputs, time) is explicit, and the conditioning is projected span by span,
-so a long utterance runs with bounded memory. Tests check it against the PyTorch step and the naive generator.
+so a long utterance runs with bounded memory. A pitch-driven teacher's source enters span by span too: what
+it adds to the first layer (its 1x1 and that layer's dilated conv of it, both linear) is computed for the
+span ahead and added in the loop (`CompiledLoop._drive`). Tests check it against the PyTorch step and the
+naive generator.
 """
 
 from __future__ import annotations
@@ -54,10 +57,12 @@ PROJECTION_COST = 0.2
 def available(bodies: CausalWaveNet | Sequence[CausalWaveNet], like: Tensor) -> bool:
     """Whether `bodies` can run compiled on tensors like `like`: numba present, float32 on the CPU,
     Gaussian heads (mu, log_sigma), at least 2 residual channels (the first layer's ring keeps two
-    scalars per slot). Anything else (CUDA, float64 tests, MoL) uses the PyTorch step."""
+    scalars per slot), a source input only in a stack of one (the teacher). Anything else (CUDA, float64
+    tests, MoL) uses the PyTorch step."""
     bodies = [bodies] if isinstance(bodies, CausalWaveNet) else bodies
     return (numba is not None and like.device.type == "cpu" and like.dtype == torch.float32
-            and all(body.head[-1].out_channels == 2 and body.cfg.residual_channels >= 2 for body in bodies))
+            and all(body.head[-1].out_channels == 2 and body.cfg.residual_channels >= 2 for body in bodies)
+            and (len(bodies) == 1 or all(body.source is None for body in bodies)))
 
 
 def aligned(a: np.ndarray) -> np.ndarray:
@@ -131,6 +136,13 @@ class CompiledLoop:
         self.slots = int(contexts.sum())
         self.kernel_size, self.residual = k, bodies[0].cfg.residual_channels
         self.log_scale_min = float(log_scale_min)
+        # a source input (a stack of one): its 1x1 and the first layer's dilated conv, for `_drive`
+        if any(body.source is not None for body in bodies) and len(bodies) != 1:
+            raise ValueError("a compiled stack takes a source input only with one body")
+        first = bodies[0].blocks[0].conv
+        self.source_conv = None if bodies[0].source is None else (
+            bodies[0].source.weight.detach().float().clone(), first.weight.detach().float().clone(),
+            first.dilation[0], first.context)
 
     @property
     def n_bodies(self) -> int:
@@ -189,9 +201,26 @@ class CompiledLoop:
             padded_pieces[w, :len(pieces[w])] = np.reshape(pieces[w], (-1, 3))
         return padded_items, padded_pieces
 
+    def _drive(self, source: Tensor | None, batch: int, lo: int, hi: int) -> np.ndarray:
+        """What a source adds to a body's first layer at samples [lo, hi): (B, hi - lo, R + 2G), the source's 1x1
+        u_t (the residual stream's start) and the first dilated conv of u (with its past, zero before sample 0)
+        beside it; (B, 1, 0) without a source. Exact: the layer is linear in its input."""
+        if source is None:
+            return np.zeros((batch, 1, 0), np.float32)
+        source_w, conv_w, dilation, context = self.source_conv
+        start = max(0, lo - context)
+        u = torch.nn.functional.conv1d(source[..., start:hi].float(), source_w)  # (B, R, hi - start)
+        u = torch.nn.functional.pad(u, (context - (lo - start), 0))  # zeros before sample 0
+        v = torch.nn.functional.conv1d(u, conv_w, dilation=dilation)  # (B, 2G, hi - lo), no bias (the loop adds it)
+        return np.ascontiguousarray(torch.cat([u[..., context:], v], 1).transpose(1, 2).numpy())
+
     def run(self, cond: Tensor, values: Tensor, mode: int, state: LoopState, temperature: float = 1.0,
-            progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor]:
+            progress: Callable[[int, int], None] | None = None, source: Tensor | None = None
+            ) -> tuple[Tensor, Tensor]:
         """cond (B, n_mels, T) upsampled conditioning, values (B, T) -> outputs, log_sigma (B, T).
+
+        `source` (B, S, T): a source-driven body's source signal for the same samples, from the start of the
+        sequence (a fresh state); each span's share of it is folded into the first layer (`_drive`).
 
         mode GENERATE: values are eps, output x_t = clamp(mu + temperature * sigma * eps_t, -1, 1);
         mode INVERT: values are the stack's outputs, output (values_t - mu) / sigma, body after body.
@@ -204,6 +233,8 @@ class CompiledLoop:
         bounded for any T.
         """
         batch, _, length = cond.shape
+        if (source is None) != (self.source_conv is None) or (source is not None and state.time != 0):
+            raise ValueError("a source-driven body needs its source, from the start of the sequence")
         stages = self.stages(batch)
         n_stages = len(stages) - 1
         items, pieces = self.plan(batch, stages)
@@ -220,19 +251,21 @@ class CompiledLoop:
         log_sigma = np.empty((batch, length), np.float32)
         values = np.ascontiguousarray(values.float().numpy())
         for tick in range(spans + n_stages - 1):
+            drive = self._drive(source, batch, tick * span, min(length, (tick + 1) * span))  # one stage if driven
             _tick(mode, float(temperature), self.log_scale_min, tick, span, items, pieces, features, self.cond_w,
                   projected, values, stages, self.bounds, self.inputs, self.in_taps, self.conv_w, self.conv_b,
                   self.out_w, self.out_b, self.h1_w, self.h1_b, self.h2_w, self.h2_b, self.dilations, self.offsets,
-                  self.kernel_size, state.rings, state.previous, state.time, handed, out, log_sigma)
+                  state.rings, state.previous, state.time, handed, out, log_sigma, drive)
             if progress is not None and tick >= n_stages - 1:
                 progress(min(length, (tick - n_stages + 2) * span), length)
         state.time += length
         return torch.from_numpy(out), torch.from_numpy(log_sigma)
 
     def run_blocks(self, cond: Tensor, values: Tensor, mode: int, temperature: float = 1.0,
-                   progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor]:
+                   progress: Callable[[int, int], None] | None = None, source: Tensor | None = None
+                   ) -> tuple[Tensor, Tensor]:
         """`run` over a whole utterance from a fresh state."""
-        return self.run(cond, values, mode, self.init_state(cond.shape[0]), temperature, progress)
+        return self.run(cond, values, mode, self.init_state(cond.shape[0]), temperature, progress, source)
 
 
 def _exp_into_py(x, e, n):  # pragma: no cover - compiled below
@@ -268,8 +301,8 @@ def _matvec_add_py(v, w, out):  # pragma: no cover - compiled below
 
 
 def _body_step_py(f, x_in, conditioning, row, bounds, inputs, in_taps, conv_w, conv_b, out_w, out_b,
-                  h1_w, h1_b, h2_w, h2_b, dilations, offsets, k, rings, now, window, h, a, x, e, n, z, o, skips,
-                  hidden):  # pragma: no cover - compiled below
+                  h1_w, h1_b, h2_w, h2_b, dilations, offsets, rings, now, window, h, a, x, e, n, z, o, skips,
+                  hidden, drive):  # pragma: no cover - compiled below
     """Body f, one sample: its input x_in and row `row` of the projected conditioning -> (mu, log_sigma)
     before clamping; rings (slots, R) of this batch row advance. Index loops, no array expressions: a
     temporary array would be an allocation per layer and sample.
@@ -277,13 +310,20 @@ def _body_step_py(f, x_in, conditioning, row, bounds, inputs, in_taps, conv_w, c
     The first layer's input is h_0 = in_w x + in_b, so its ring keeps the scalar x and a 1 marking a
     real (not padded) step in each slot's first two entries, and its taps are k scalar-vector products
     with the folded `in_taps` (n_bodies, k, 2, 2G: in_w W_j and in_b W_j) instead of a (k R, 2G)
-    product; a padded tap (ring still zero) adds nothing, like the parallel pass's zero padding."""
-    r, g = h.shape[0], z.shape[0]
+    product; a padded tap (ring still zero) adds nothing, like the parallel pass's zero padding.
+
+    A source-driven body's row `row` of `drive` (span, R + 2G) holds what its source adds: to h_0 (first R) and
+    to the first layer's conv (`CompiledLoop._drive`); `drive` (1, 0) means no source. (At most 30 arguments:
+    numba inlines no more; the kernel size is in_taps.shape[1].)"""
+    r, g, k = h.shape[0], z.shape[0], in_taps.shape[1]
     s = hidden.shape[0]
     first, last = bounds[f], bounds[f + 1]
     half = np.float32(math.sqrt(0.5))
+    driven = drive.shape[1] > 0
     for i in range(r):
         h[i] = inputs[f, 0, i] * x_in + inputs[f, 1, i]
+        if driven:
+            h[i] += drive[row, i]
     for i in range(s):
         skips[i] = 0.0
     for layer in range(first, last):
@@ -295,6 +335,8 @@ def _body_step_py(f, x_in, conditioning, row, bounds, inputs, in_taps, conv_w, c
             for c in range(2 * g):
                 a[c] = conv_b[layer, c] + conditioning[row, column + c] + (
                     x_in * in_taps[f, k - 1, 0, c] + in_taps[f, k - 1, 1, c])
+                if driven:
+                    a[c] += drive[row, r + c]
             for j in range(k - 1):
                 slot = base + (now - (k - 1 - j) * d) % context
                 past, real = rings[slot, 0], rings[slot, 1]
@@ -401,15 +443,16 @@ def _scratch_py(window, r, gates2, s):  # pragma: no cover - compiled below
 
 
 def _tick_py(mode, temperature, log_scale_min, tick, span, items, pieces, features, cond_w, projected, values, stages,
-             bounds, inputs, in_taps, conv_w, conv_b, out_w, out_b, h1_w, h1_b, h2_w, h2_b, dilations, offsets, k,
-             rings, previous, t0, handed, out, log_sigma):  # pragma: no cover - compiled below
+             bounds, inputs, in_taps, conv_w, conv_b, out_w, out_b, h1_w, h1_b, h2_w, h2_b, dilations, offsets,
+             rings, previous, t0, handed, out, log_sigma, drive):  # pragma: no cover - compiled below
     """One tick of the pipeline of len(stages) - 1 stages (shapes as in `CompiledLoop.run`), one
     parallel iteration per worker of `CompiledLoop.plan`.
 
     Stage s runs span i = tick - s (samples [i span, (i + 1) span)) of every batch row, reading what
     stage s - 1 wrote to handed[s - 1] in the tick before (ticks are separate calls), and the
     conditioning projected into slot i % (n_stages + 1). Meanwhile the workers' projection pieces
-    fill the slot of span tick + 1, which no stage reads in this tick.
+    fill the slot of span tick + 1, which no stage reads in this tick. `drive` (B, span, R + 2G): a source-driven
+    body's span (one stage: span tick), or (B, 1, 0).
     """
     batch, length = values.shape
     n_stages = stages.shape[0] - 1
@@ -434,8 +477,8 @@ def _tick_py(mode, temperature, log_scale_min, tick, span, items, pieces, featur
                 total = np.float32(0.0)
                 for f in range(stages[stage], stages[stage + 1]):
                     mu, ls = _body_step(f, last[f], conditioning, t - start, bounds, inputs, in_taps,
-                                        conv_w, conv_b, out_w, out_b, h1_w, h1_b, h2_w, h2_b, dilations, offsets, k,
-                                        ring, t0 + t, window, h, a, x, e, n, z, o, skips, hidden)
+                                        conv_w, conv_b, out_w, out_b, h1_w, h1_b, h2_w, h2_b, dilations, offsets,
+                                        ring, t0 + t, window, h, a, x, e, n, z, o, skips, hidden, drive[b])
                     ls = max(ls, log_scale_min)
                     if mode == GENERATE:  # float32 between bodies, whichever stage runs the next one
                         value = np.float32(min(1.0, max(-1.0, mu + temperature * math.exp(ls) * value)))

@@ -101,12 +101,20 @@ class ResidualBlock(nn.Module):
 
 
 class CausalWaveNet(nn.Module):
-    """(B, C_in, T) input and (B, cond, T) conditioning -> (B, C_out, T); output t sees input <= t."""
+    """(B, C_in, T) input and (B, cond, T) conditioning -> (B, C_out, T); output t sees input <= t.
 
-    def __init__(self, cfg: WaveNetConfig, in_channels: int, out_channels: int, zero_init_output: bool = False):
+    With `source_channels`, a (B, S, T) source signal (e.g. `wavegen.nn.source.source_channels`: harmonics of
+    F0) enters the input path beside x through its own 1x1 convolution, zero at initialisation (so weights
+    trained without it start unchanged); sample t sees the source at t (it is conditioning, known ahead)."""
+
+    def __init__(self, cfg: WaveNetConfig, in_channels: int, out_channels: int, zero_init_output: bool = False,
+                 source_channels: int = 0):
         super().__init__()
         self.cfg = cfg
         self.input = nn.Conv1d(in_channels, cfg.residual_channels, 1)
+        self.source = nn.Conv1d(source_channels, cfg.residual_channels, 1, bias=False) if source_channels else None
+        if self.source is not None:
+            nn.init.zeros_(self.source.weight)
         self.blocks = nn.ModuleList(ResidualBlock(cfg, d, cfg.n_mels, last=i == cfg.layers - 1)
                                     for i, d in enumerate(cfg.dilations))
         self.head = nn.Sequential(
@@ -117,13 +125,21 @@ class CausalWaveNet(nn.Module):
             nn.init.zeros_(self.head[-1].weight)
             nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        return self.stream(x, c, None)[0]
+    def forward(self, x: Tensor, c: Tensor, source: Tensor | None = None) -> Tensor:
+        return self.stream(x, c, None, source)[0]
 
-    def stream(self, x: Tensor, c: Tensor, cache: Cache | None) -> tuple[Tensor, Cache | None]:
-        """x (B, C_in, T), c (B, cond, T) after the samples `cache` holds (None: the start, and no new
-        cache is made) -> (B, C_out, T) and the cache after x."""
-        h = self.input(x)  # (B, R, T)
+    def _input(self, x: Tensor, source: Tensor | None) -> Tensor:
+        """(B, C_in, T) and the source (B, S, T) -> the residual stream's start (B, R, T)."""
+        if (source is None) != (self.source is None):
+            raise ValueError("this network takes a source signal" if source is None else "this network has no "
+                             "source input")
+        return self.input(x) if source is None else self.input(x) + self.source(source)
+
+    def stream(self, x: Tensor, c: Tensor, cache: Cache | None, source: Tensor | None = None
+               ) -> tuple[Tensor, Cache | None]:
+        """x (B, C_in, T), c (B, cond, T) and the source (B, S, T) if the network takes one, after the samples
+        `cache` holds (None: the start, and no new cache is made) -> (B, C_out, T) and the cache after x."""
+        h = self._input(x, source)  # (B, R, T)
         skips = 0.0
         new_cache = None if cache is None else []
         for i, block in enumerate(self.blocks):
@@ -142,9 +158,9 @@ class CausalWaveNet(nn.Module):
     def init_cache(self, batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Cache:
         return [block.conv.empty_queue(batch, device, dtype) for block in self.blocks]
 
-    def step(self, x_t: Tensor, c_t: Tensor, cache: Cache) -> tuple[Tensor, Cache]:
-        """One sample: x_t (B, C_in), c_t (B, cond) -> y_t (B, C_out), the new cache."""
-        h = self.input(x_t.unsqueeze(-1)).squeeze(-1)  # (B, R)
+    def step(self, x_t: Tensor, c_t: Tensor, cache: Cache, source_t: Tensor | None = None) -> tuple[Tensor, Cache]:
+        """One sample: x_t (B, C_in), c_t (B, cond), source_t (B, S) if any -> y_t (B, C_out), the new cache."""
+        h = self._input(x_t.unsqueeze(-1), None if source_t is None else source_t.unsqueeze(-1)).squeeze(-1)  # (B, R)
         skips = 0.0
         new_cache = []
         for block, queue in zip(self.blocks, cache):
