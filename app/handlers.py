@@ -99,7 +99,7 @@ def synthesize(vocoder: Vocoder, mel: Tensor, model: str, temperature: float, pi
     start = time.perf_counter()
     try:
         wav = vocoder.synthesize(mel, model, temperature, progress=progress,
-                                 pitch_shift=pitch_shift if vocoder.pitch_driven(model) else 1.0)[0]  # (F * hop,)
+                                 pitch_shift=pitch_shift)[0]  # (F * hop,); callers pass 1 to a mel-only model
     except ValueError as exc:  # MelError and the library's other refusals
         raise refusal(str(exc)) from exc
     elapsed = time.perf_counter() - start
