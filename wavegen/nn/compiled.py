@@ -134,7 +134,7 @@ class CompiledLoop:
         contexts = (k - 1) * self.dilations
         self.offsets = np.concatenate([[0], np.cumsum(contexts)[:-1]]).astype(np.int64)
         self.slots = int(contexts.sum())
-        self.kernel_size, self.residual = k, bodies[0].cfg.residual_channels
+        self.residual = r
         self.log_scale_min = float(log_scale_min)
         # a source input (a stack of one): its 1x1 and the first layer's dilated conv, for `_drive`
         if any(body.source is not None for body in bodies) and len(bodies) != 1:
