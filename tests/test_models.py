@@ -216,19 +216,19 @@ def test_plan_runs_every_stage_once_and_projects_every_column_once(tiny, depths,
 
 
 def test_projection_kernel_and_vectorised_exp():
-    from wavegen.nn import compiled
+    from wavegen.nn import compiled, kernels
 
     rng = np.random.default_rng(0)
     features = rng.standard_normal((13, 40)).astype(np.float32)
     weight = rng.standard_normal((13, 24)).astype(np.float32)
     for lo, hi, c0, c1 in ((0, 7, 0, 24), (5, 6, 8, 16), (10, 40, 3, 21)):  # odd and even counts, a lone step
         out = np.full((31, 24), np.nan, np.float32)
-        compiled._project(features, weight, out, lo, hi, c0, c1)
+        kernels._project(features, weight, out, lo, hi, c0, c1)
         np.testing.assert_allclose(out[:hi - lo, c0:c1], features[:, lo:hi].T @ weight[:, c0:c1], rtol=1e-5, atol=1e-5)
         assert np.isnan(out[hi - lo:-1]).all() and np.isnan(out[:, :c0]).all()  # nothing else written
     x = np.concatenate([np.linspace(-90, 90, 1001), [0.0, -1e-8, 1e-8]]).astype(np.float32)
     e, n = np.empty_like(x), np.empty(x.shape, np.int32)
-    compiled._exp_into(x, e, n)
+    kernels._exp_into(x, e, n)
     np.testing.assert_allclose(e, np.exp(np.clip(x, -80, 80).astype(np.float64)), rtol=1e-5)
     shifted = compiled.aligned(np.arange(10, dtype=np.float32)[1:])
     assert shifted.ctypes.data % compiled.CACHE_LINE == 0 and (shifted == np.arange(1, 10)).all()
