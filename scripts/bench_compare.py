@@ -2,6 +2,8 @@
 machine slows them alike): samples/s and real-time factor, medians of --repeats.
 
     python scripts/bench_compare.py OLD_FOLDER NEW_FOLDER --seconds 5
+    python scripts/bench_compare.py default:0 default:8     # FOLDER:N runs N mel-consistency steps (default: the
+                                                            # vocoder's), e.g. a default without and with them
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args()
-    vocoders = {c: Vocoder.load(c, device="cpu", precision=args.precision) for c in args.checkpoints}
+    vocoders = {c: Vocoder.load(c.rsplit(":", 1)[0] if ":" in c else c, device="cpu", precision=args.precision)
+                for c in args.checkpoints}
+    steps = {c: {"refine_steps": int(c.rsplit(":", 1)[1])} if ":" in c else {} for c in args.checkpoints}
     first = next(iter(vocoders.values()))
     _, mel = speech_like(first, args.seconds)
     samples = mel.shape[-1] * first.audio.hop_length
@@ -34,7 +38,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, vocoder in vocoders.items():
             start = time.perf_counter()
-            vocoder.synthesize(mel, "student", seed=0)
+            vocoder.synthesize(mel, "student", seed=0, **steps[name])
             times[name].append(time.perf_counter() - start)
     report = {"threads": torch.get_num_threads(), "audio_seconds": samples / first.audio.sample_rate,
               "precision": {c: v.precision for c, v in vocoders.items()}}

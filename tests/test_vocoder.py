@@ -64,10 +64,29 @@ def test_chunked_student_equals_one_pass_for_a_fixed_z(vocoder, tiny):
         whole = vocoder.student.sample(mel, z=z, f0=f0, voicing=voicing)[0].clamp(-1, 1)
     chunk_frames, vocoder.chunk_frames = vocoder.chunk_frames, 5
     try:
-        chunked = vocoder.synthesize(mel, "student", z=z)
+        chunked = vocoder.synthesize(mel, "student", z=z, refine_steps=0)  # the flow's own sample
     finally:
         vocoder.chunk_frames = chunk_frames
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+
+
+def test_refinement_brings_the_students_levels_to_the_mel_and_only_smoothed_when_retuned(vocoder, tiny):
+    from wavegen.nn.source import RETUNED_SMOOTHING
+    from wavegen.refine import match_mel
+
+    frames = 37
+    mel = vocoder.mel(torch.sin(torch.arange(frames * tiny.audio.hop_length) * 0.05))
+    z = torch.randn(1, frames * tiny.audio.hop_length, generator=torch.Generator().manual_seed(0))
+    error = lambda wav: (vocoder.mel(wav) - mel).abs().mean()  # noqa: E731
+    raw, refined = (vocoder.synthesize(mel, "student", z=z, refine_steps=k, refine_smoothing=0) for k in (0, 4))
+    assert error(refined) < 0.5 * error(raw)
+    torch.testing.assert_close(vocoder.synthesize(mel, "student", z=z),  # the default: 1-band smoothing
+                               match_mel(raw, mel, tiny.audio).clamp(-1, 1))
+    f0, _ = vocoder.pitch(mel, check=False)
+    with torch.inference_mode():
+        raw_shifted = vocoder.synthesize(mel, "student", z=z, f0=f0, pitch_shift=1.5, refine_steps=0)
+        torch.testing.assert_close(vocoder.synthesize(mel, "student", z=z, f0=f0, pitch_shift=1.5, refine_steps=4),
+                                   match_mel(raw_shifted, mel, tiny.audio, 4, smoothing=RETUNED_SMOOTHING).clamp(-1, 1))
 
 
 def test_packed_body_matches_the_flow_it_copies(vocoder, tiny):
@@ -75,14 +94,18 @@ def test_packed_body_matches_the_flow_it_copies(vocoder, tiny):
 
     flow = vocoder.student.flows[-1]
     x, cond = torch.randn(2, 1, 300), torch.randn(2, tiny.audio.n_mels, 300)
+    source = torch.randn(2, flow.source.in_channels, 300)  # the tiny flows read harmonics of flow 0's phase
     with torch.inference_mode():
-        reference = flow(x, cond)
+        reference = flow(x, cond, source)
+        assert (reference - flow(x, cond, torch.zeros_like(source))).abs().max() > 1e-4  # the source matters
         exact = PackedBody(flow, torch.float32)  # same maths, GEMM layout: equal to float rounding
-        torch.testing.assert_close(exact(x, cond), reference, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(exact(x, cond, source), reference, atol=1e-5, rtol=1e-5)
         fast = PackedBody(flow, torch.bfloat16)
-        error = (fast(x, cond) - reference).norm() / reference.norm()
+        error = (fast(x, cond, source) - reference).norm() / reference.norm()
         assert 0 < error < 1e-2  # bf16 operands (8-bit mantissa), float32 accumulation and gates
-        assert torch.equal(fast(x, cond), fast(x, cond))  # reused buffers leak nothing between calls
+        assert torch.equal(fast(x, cond, source), fast(x, cond, source))  # reused buffers leak nothing
+        with pytest.raises(ValueError, match="takes a source"):
+            exact(x, cond)
 
 
 def test_packed_flows_share_one_workspace_without_leaks(vocoder, tiny):
@@ -94,11 +117,13 @@ def test_packed_flows_share_one_workspace_without_leaks(vocoder, tiny):
     with torch.inference_mode():
         for length in (300, 120, 300):  # shrinking and growing chunks reuse one allocation
             x, cond = torch.randn(2, 1, length), torch.randn(2, tiny.audio.n_mels, length)
+            source = torch.randn(2, flows[0].source.in_channels, length)
             for flow, body in zip(flows, shared):
-                torch.testing.assert_close(body(x, cond), PackedBody(flow, torch.bfloat16)(x, cond), atol=0, rtol=0)
+                torch.testing.assert_close(body(x, cond, source), PackedBody(flow, torch.bfloat16)(x, cond, source),
+                                           atol=0, rtol=0)
             other = torch.randn_like(cond)  # a new conditioning tensor is copied in, not the cached one
-            torch.testing.assert_close(shared[0](x, other), PackedBody(flows[0], torch.bfloat16)(x, other),
-                                       atol=0, rtol=0)
+            torch.testing.assert_close(shared[0](x, other, source),
+                                       PackedBody(flows[0], torch.bfloat16)(x, other, source), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -107,19 +132,20 @@ def test_packed_body_streams_like_the_flow(vocoder, tiny, fused):
 
     flow = vocoder.student.flows[0]
     x, cond = torch.randn(1, 1, 200), torch.randn(1, tiny.audio.n_mels, 200)
+    source = torch.randn(1, flow.source.in_channels, 200)
     with torch.inference_mode():
-        whole = flow(x, cond)
+        whole = flow(x, cond, source)
         for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
             if fused and not fused_linear_available(dtype):  # oneDNN's bf16 linear needs bf16/AVX-512 CPUs
                 continue
             packed = PackedBody(flow, dtype, fused=fused)
             cache, pieces = flow.init_cache(1, x.device), []
             for lo, hi in ((0, 5), (5, 120), (120, 200)):
-                y, cache = packed.stream(x[..., lo:hi], cond[..., lo:hi], cache)
+                y, cache = packed.stream(x[..., lo:hi], cond[..., lo:hi], cache, source[..., lo:hi])
                 pieces.append(y)
             error = (torch.cat(pieces, -1) - whole).norm() / whole.norm()
             assert error < tolerance, (dtype, error)
-            _, reference = flow.stream(x, cond, flow.init_cache(1, x.device))  # the same cache format
+            _, reference = flow.stream(x, cond, flow.init_cache(1, x.device), source)  # the same cache format
             for mine, theirs in zip(cache, reference):
                 assert (mine - theirs).norm() <= tolerance * theirs.norm() + 1e-6
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ from wavegen.config import ConfigError, load_preset, preset_names
 from wavegen.corpus import RecipeError
 from wavegen.data import CorpusError
 from wavegen.export import ExportError
+from wavegen.refine import REFINE_SMOOTHING, REFINE_STEPS
 from wavegen.vocoder import PRECISIONS, ModelUnavailable, PitchError, check_pitch_shift
 
 USER_ERRORS = (AudioError, MelError, CorpusError, CheckpointError, ConfigError, RecipeError, ExportError,
@@ -178,6 +180,7 @@ def cmd_vocode(args: argparse.Namespace) -> int:
         chosen = targets[first:first + args.batch_size]
         wavs = vocoder.synthesize_many([jobs[t][1] for t in chosen], args.model, args.batch_size,
                                        temperature=args.temperature, seed=args.seed, pitch_shift=args.pitch_shift,
+                                       refine_steps=args.refine_steps, refine_smoothing=args.refine_smoothing,
                                        f0s=None if contours is None else [jobs[t][2] for t in chosen])
         for target, wav in zip(chosen, wavs):
             save_audio(target, wav, vocoder.audio.sample_rate)
@@ -230,11 +233,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         failed.append(path)
         print(f"error: {exc}", file=sys.stderr)
 
-    report = evaluate(vocoder, files, models, temperature=args.temperature, save_to=args.save_audio, on_error=on_error)
+    report = evaluate(vocoder, files, models, temperature=args.temperature, save_to=args.save_audio, on_error=on_error,
+                      refine_steps=args.refine_steps, refine_smoothing=args.refine_smoothing)
     if not files or len(failed) == len(files):
         raise CorpusError(f"{args.reference}: no reference file could be read ({len(failed)} failed), nothing evaluated")
     report["files"] = len(files) - len(failed)
     report["temperature"] = args.temperature
+    report["refine_steps"], report["refine_smoothing"] = args.refine_steps, args.refine_smoothing
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
@@ -314,7 +319,7 @@ def _initial_model(path: str | None, kind: str, preset):
     if theirs.keys() - ours.keys() or any(ours[k].shape != theirs[k].shape for k in theirs):
         raise ConfigError(f"{path}: its {kind} shape differs from the preset's; --init needs the same shape")
     model.load_state_dict(theirs, strict=False)
-    new = sorted({key.split(".")[0] for key in ours.keys() - theirs.keys()})
+    new = sorted({key.rsplit(".", 1)[0] for key in ours.keys() - theirs.keys()})  # modules, e.g. flows.0.source
     if new:
         print(f"--init: {path} has no {', '.join(new)}; those start from the preset's initialisation")
     return model
@@ -327,6 +332,30 @@ def _with_overrides(preset, section: str, args: argparse.Namespace):
     if not changes:
         return preset
     return dataclasses.replace(preset, **{section: dataclasses.replace(getattr(preset, section), **changes)})
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number >= 0")
+    return int(text)
+
+
+def _non_negative(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number >= 0")
+    return value
+
+
+def _add_refine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refine-steps", type=_count, default=REFINE_STEPS, metavar="N",
+                   help="mel-consistency steps after the student or the teacher: their band levels brought to the "
+                   "mel's (0: the model's own sample)")
+    p.add_argument("--refine-smoothing", type=_non_negative, default=REFINE_SMOOTHING, metavar="BANDS",
+                   help="compare levels smoothed across this many mel bands (0: single bands, a little better on "
+                   "mels of recordings, worse on smoothed TTS mels)")
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
@@ -399,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--f0", default=None, help="vocode with this F0 instead of the predicted one: a contour "
                    "file for every input (.csv as `wavegen pitch` writes, or .npy of per-frame Hz, 0 unvoiced) "
                    "or a folder holding <stem>.csv or <stem>.npy per input")
+    _add_refine(p)
     _add_precision(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_vocode)
@@ -422,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-audio", type=Path, default=None, metavar="DIR",
                    help="also write every resynthesis there (<folder>__<folder>__<stem>__<model>.wav)")
     p.add_argument("--json", action="store_true")
+    _add_refine(p)
     _add_precision(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_eval)

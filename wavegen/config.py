@@ -127,6 +127,8 @@ class FlowConfig(BodyShape):
     f0_min: float = 50.0  # the lowest F0 the harmonic flow sounds: it sets the number of harmonics
     # levels set so the expected log-mel of flow 0's output equals the conditioning mel (`HarmonicNoise.calibrate`)
     hn_calibrate: bool = False
+    # harmonics 1..n of flow 0's phase (sin and cos) that each WaveNet flow reads as input beside x (0: none)
+    flow_source: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -134,6 +136,8 @@ class FlowConfig(BodyShape):
         _require(len(self.layers) > 0 and all(n > 0 for n in self.layers), "every flow needs >= 1 layer")
         _require(self.noise_taps >= 2 and self.hn_channels > 0 and self.f0_min > 0,
                  "noise_taps must be >= 2, hn_channels and f0_min positive")
+        _require(self.flow_source >= 0, "flow_source must be >= 0")
+        _require(self.flow_source == 0 or self.harmonic_noise, "flow_source needs harmonic_noise (its phase)")
 
     @property
     def n_flows(self) -> int:

@@ -22,6 +22,7 @@ from wavegen.audio import (AUDIO_EXTENSIONS, AudioError, load_audio, log_mel, pi
                            stft_distance)
 from wavegen.config import AudioConfig
 from wavegen.data import discover
+from wavegen.refine import REFINE_SMOOTHING, REFINE_STEPS
 from wavegen.vocoder import Vocoder
 
 METRIC_RATE = 16000  # PESQ wide-band and STOI are defined at 16 kHz
@@ -87,9 +88,11 @@ def listening_name(path: Path, model: str) -> str:
 
 def evaluate(vocoder: Vocoder, files: list[Path], models: list[str], seed: int = 0, temperature: float = 1.0,
              on_error: Callable[[Path, Exception], None] | None = None,
-             save_to: Path | None = None) -> dict[str, dict]:
+             save_to: Path | None = None, refine_steps: int = REFINE_STEPS,
+             refine_smoothing: float = REFINE_SMOOTHING) -> dict[str, dict]:
     """Per-file and median metrics for each model on the same mels: {model: {"files": {...}, "median": {...}}}.
 
+    The neural models' outputs take `refine_steps` mel-consistency steps at `refine_smoothing` (`Vocoder.synthesize`).
     `save_to`: also write each resynthesis there (named by `listening_name`), for listening.
     """
     rate, hop = vocoder.audio.sample_rate, vocoder.audio.hop_length
@@ -104,7 +107,8 @@ def evaluate(vocoder: Vocoder, files: list[Path], models: list[str], seed: int =
                 on_error(path, exc)
             continue
         for model in models:
-            syn = vocoder.synthesize(mel, model, temperature=temperature, seed=seed)[0].numpy()
+            syn = vocoder.synthesize(mel, model, temperature=temperature, seed=seed,
+                                     refine_steps=refine_steps, refine_smoothing=refine_smoothing)[0].numpy()
             if save_to is not None:
                 save_audio(Path(save_to) / listening_name(path, model), syn, rate)
             per_model[model][str(path)] = resynthesis_metrics(wav, syn, vocoder.audio)  # names repeat across voices
@@ -225,8 +229,9 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
                 each.synthesize(mel[..., :8], "student", seed=0)  # warm-up
                 elapsed, peak = timed(lambda: each.synthesize(mel, "student", seed=0), repeats)
                 name = "student" if each is vocoder else f"student_{precision}"
-                record(name, total, elapsed, peak, f"parallel IAF, {precision}, chunks of {each.chunk_frames} frames")
-            x = vocoder.synthesize(mel[..., :frames], "student", seed=0).to(vocoder.device)
+                record(name, total, elapsed, peak, f"parallel IAF, {precision}, chunks of {each.chunk_frames} frames, "
+                       f"{REFINE_STEPS} mel-consistency steps")
+            x = vocoder.synthesize(mel[..., :frames], "student", seed=0, refine_steps=0).to(vocoder.device)
             contour = vocoder.source_contour(mel[..., :frames], None, 1.0)
             f0, voicing = (None, None) if contour is None else contour[:2]
             vocoder.student.log_prob(x[:, :hop], mel[..., :1], *(c[:, :1] if c is not None else None

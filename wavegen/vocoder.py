@@ -27,6 +27,8 @@ from wavegen.models.pitch import PitchPredictor, voiced
 from wavegen.models.teacher import Progress
 from wavegen.models.student import Body
 from wavegen.nn.packed import pack
+from wavegen.nn.source import RETUNED_SMOOTHING
+from wavegen.refine import REFINE_SMOOTHING, REFINE_STEPS, match_mel
 
 MODELS = ("student", "teacher", "griffin-lim")
 PRECISIONS = ("fp32", "bf16")
@@ -207,7 +209,8 @@ class Vocoder:
     @torch.inference_mode()
     def synthesize(self, mel: Tensor | np.ndarray, model: str = "student", temperature: float = 1.0,
                    seed: int | None = None, progress: Progress | None = None, z: Tensor | None = None,
-                   f0: Tensor | np.ndarray | None = None, pitch_shift: float = 1.0) -> Tensor:
+                   f0: Tensor | np.ndarray | None = None, pitch_shift: float = 1.0,
+                   refine_steps: int = REFINE_STEPS, refine_smoothing: float = REFINE_SMOOTHING) -> Tensor:
         """mel (n_mels, F) or (B, n_mels, F) -> waveform (B, F * hop) in [-1, 1], on the CPU.
 
         The student draws z (B, F * hop) once (or takes `z`) and synthesises long inputs in chunks of
@@ -215,6 +218,10 @@ class Vocoder:
         result equals one whole-input pass. A pitch-driven student or teacher runs on the F0 the pitch
         predictor reads from the mel, or on `f0` (F,) or (B, F) in Hz (0 unvoiced), times `pitch_shift` (0.5-2).
         The teacher is sequential; its memory is bounded by its step cache.
+        A neural model's output then takes `refine_steps` mel-consistency steps (`wavegen.refine`: its band
+        levels, smoothed across `refine_smoothing` bands, brought to the mel's; only the envelope, smoothed across
+        4 bands, where the F0 is not the mel's own); `refine_steps=0` returns the model's own sample.
+        Griffin-Lim fits the mel by itself.
         """
         if model not in MODELS:
             raise ModelUnavailable(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
@@ -235,6 +242,10 @@ class Vocoder:
                 z = temperature * torch.randn(shape, generator=generator, device=self.device)
             with self._student_lock:  # concurrent callers (the app's queue runs two) take turns
                 wav = self._student_streamed(mel, z.to(self.device), contour)
+        if model != "griffin-lim":
+            retuned = contour is not None and contour.retuned
+            smoothing = max(refine_smoothing, RETUNED_SMOOTHING) if retuned else refine_smoothing
+            wav = match_mel(wav.float(), mel, self.audio, refine_steps, smoothing)
         return wav.clamp(-1.0, 1.0).float().cpu()
 
     def student_path(self) -> StudentPath:
@@ -276,7 +287,8 @@ class Vocoder:
 
     def synthesize_many(self, mels: list[Tensor], model: str = "student", batch_size: int = 8,
                         temperature: float = 1.0, seed: int | None = None, pitch_shift: float = 1.0,
-                        f0s: list[Tensor | np.ndarray] | None = None) -> list[Tensor]:
+                        f0s: list[Tensor | np.ndarray] | None = None, refine_steps: int = REFINE_STEPS,
+                        refine_smoothing: float = REFINE_SMOOTHING) -> list[Tensor]:
         """Many mels (n_mels, F_i) -> waveforms (F_i * hop,), in batches of similar length.
 
         `f0s`: one F0 contour (F_i,) in Hz per mel (0 unvoiced) instead of the predicted ones.
@@ -293,7 +305,8 @@ class Vocoder:
             f0 = None if f0s is None else torch.stack([
                 torch.nn.functional.pad(torch.as_tensor(f0s[i]).float(), (0, longest - mels[i].shape[-1]))
                 for i in chosen])
-            wavs = self.synthesize(batch, model, temperature, seed, f0=f0, pitch_shift=pitch_shift)
+            wavs = self.synthesize(batch, model, temperature, seed, f0=f0, pitch_shift=pitch_shift,
+                                   refine_steps=refine_steps, refine_smoothing=refine_smoothing)
             for row, i in enumerate(chosen):
                 results[i] = wavs[row, : mels[i].shape[-1] * self.audio.hop_length]
         return results

@@ -8,7 +8,9 @@ mu_tot = sum_k mu_k prod_{j>k} sigma_j: q(x_t | z_<t) is Gaussian.
 With `cfg.harmonic_noise`, flow 0 is `wavegen.nn.source.HarmonicNoise`: harmonics of the F0 with
 amplitudes from the mel's envelope plus z through an envelope-shaped causal filter, all parameters from
 the conditioning (mel, F0, voicing), so the stack stays x = z * sigma_tot + mu_tot. Its parameters per
-frame come from `source_params`; the WaveNet flows then refine the waveform.
+frame come from `source_params`; the WaveNet flows then refine the waveform. With `cfg.flow_source` = n, each
+WaveNet flow also reads sin(k phi_t), cos(k phi_t) for k = 1..n on flow 0's phase as input beside x
+(`HarmonicNoise.channels`: conditioning, known at t), through its own 1x1 convolution, zero at initialisation.
 
 What costs what:
 * `sample`: K parallel passes (one per flow) for the whole utterance; returns x and the
@@ -40,9 +42,9 @@ SourceParams = tuple[Tensor, Tensor, Tensor]  # `HarmonicNoise.frame_params`: am
 class Body(Protocol):
     """A flow's network: `CausalWaveNet` itself, or an inference copy (`wavegen.nn.packed.PackedBody`)."""
 
-    def __call__(self, x: Tensor, cond: Tensor) -> Tensor: ...
+    def __call__(self, x: Tensor, cond: Tensor, source: Tensor | None = None) -> Tensor: ...
 
-    def stream(self, x: Tensor, cond: Tensor, cache: Cache) -> tuple[Tensor, Cache]: ...
+    def stream(self, x: Tensor, cond: Tensor, cache: Cache, source: Tensor | None = None) -> tuple[Tensor, Cache]: ...
 
 
 class Student(nn.Module):
@@ -56,7 +58,8 @@ class Student(nn.Module):
         self.source = HarmonicNoise(cfg, audio) if cfg.harmonic_noise else None
         self.upsampler = MelUpsampler(cfg.n_mels, cfg.upsample_scales, cfg.upsampler)
         self.flows = nn.ModuleList(
-            CausalWaveNet(cfg.flow(k), in_channels=1, out_channels=2, zero_init_output=True)
+            CausalWaveNet(cfg.flow(k), in_channels=1, out_channels=2, zero_init_output=True,
+                          source_channels=2 * cfg.flow_source)
             for k in range(cfg.n_flows)
         )
 
@@ -118,20 +121,23 @@ class Student(nn.Module):
         mu_tot = torch.zeros_like(z)
         log_sigma_tot = torch.zeros_like(z)
         new_cache = None if cache is None else []
+        channels = None  # the WaveNet flows' source input (B, 2 n, T), if they take one
         if self.source is not None:
             if cache is None or source is None:
                 raise ValueError("a harmonic flow 0 needs its frame parameters (source=) and a cache")
+            if self.cfg.flow_source:
+                channels = self.source.channels(source, z.shape[-1], cache[0].phase, self.cfg.flow_source)
             x, log_sigma_tot, state = self.source.excite(z, source, cache[0])
             mu_tot = x - z * torch.exp(log_sigma_tot)
             new_cache.append(state)
             cache = cache[1:]
         for k, body in enumerate(bodies or self.flows):
             if cache is None:
-                params = body(shift_right(x.unsqueeze(1)), cond)
+                params = body(shift_right(x.unsqueeze(1)), cond, channels)
             else:
                 previous, body_cache = cache[k]
                 params, body_cache = body.stream(torch.cat([previous, x[:, :-1]], dim=1).unsqueeze(1), cond,
-                                                 body_cache)
+                                                 body_cache, channels)
                 new_cache.append((x[:, -1:], body_cache))
             mu, log_sigma = self._affine(full_precision(params))  # (B, T) each
             sigma = torch.exp(log_sigma)
@@ -154,32 +160,37 @@ class Student(nn.Module):
         Sequential: for each flow from the last, x^(k-1)_t = (x^(k)_t - mu_k,t) / sigma_k,t where
         mu_k,t depends on the already recovered x^(k-1)_<t; one cached body step per sample. On the
         CPU in float32 one compiled loop runs every flow (`wavegen.nn.compiled`), its stages pipelined
-        over the cores; `compiled=False` forces PyTorch, flow after flow. A harmonic flow 0 is inverted last
+        over the cores; `compiled=False` (and flows that read a source) run PyTorch, flow after flow. A harmonic
+        flow 0 is inverted last
         (`HarmonicNoise.invert`, compiled), from f0 and voicing (B, F).
         """
         cond = self.upsampler(mel)
         params = self.source_params(mel, f0, voicing)
-        if compiled and compiled_loop.available(self.flows, x):  # all flows in one loop, pipelined over cores
+        channels = None if not self.cfg.flow_source else self.source.channels(params, x.shape[-1], None,
+                                                                              self.cfg.flow_source)
+        if compiled and channels is None and compiled_loop.available(self.flows, x):  # pipelined over cores
             loop = compiled_loop.CompiledLoop(list(reversed(self.flows)), self.cfg.log_scale_min)
             x, log_det = loop.run_blocks(cond, x, compiled_loop.INVERT)
         else:
             log_det = torch.zeros_like(x)
             for flow in reversed(self.flows):
-                x, log_sigma = self._invert_flow(flow, x, cond)
+                x, log_sigma = self._invert_flow(flow, x, cond, channels)
                 log_det += log_sigma
         if params is not None:
             x, log_sigma = self.source.invert(x, params)
             log_det = log_det + log_sigma
         return x, log_det
 
-    def _invert_flow(self, flow: CausalWaveNet, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
-        """One flow's inverse with the PyTorch step: x^(k) (B, T) -> x^(k-1), log sigma_k (B, T)."""
+    def _invert_flow(self, flow: CausalWaveNet, x: Tensor, cond: Tensor, channels: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor]:
+        """One flow's inverse with the PyTorch step: x^(k) (B, T) and its source input (B, S, T) if it takes
+        one -> x^(k-1), log sigma_k (B, T)."""
         batch, length = x.shape
         cache = flow.init_cache(batch, x.device, x.dtype)
         previous, log_sigmas = torch.zeros_like(x), torch.zeros_like(x)
         prev_t = torch.zeros(batch, 1, device=x.device, dtype=x.dtype)
         for t in range(length):
-            params, cache = flow.step(prev_t, cond[:, :, t], cache)  # (B, 2)
+            params, cache = flow.step(prev_t, cond[:, :, t], cache, None if channels is None else channels[:, :, t])
             mu, log_sigmas[:, t] = self._affine(params)  # (B,) each
             previous[:, t] = (x[:, t] - mu) * torch.exp(-log_sigmas[:, t])
             prev_t = previous[:, t : t + 1]

@@ -135,27 +135,35 @@ class PackedBody:
             skip_bias += out_b[r:]
         self.input_w = body.input.weight[:, 0, 0].detach().float().clone()
         self.input_b = body.input.bias.detach().float().clone()
+        # a source input (S channels) joins h_0 through its own 1x1: (S, R)
+        self.source_w = None if body.source is None else body.source.weight[:, :, 0].detach().float().T.clone()
         self.skip_bias = skip_bias  # every layer's skip bias, summed: where the skip sum starts
         (h1_w, h1_b), (h2_w, h2_b) = body.head_weights()
         self.head = [(h1_w * math.sqrt(1.0 / len(body.blocks)), h1_b), (h2_w, h2_b)]  # relu(a x) = a relu(x)
         self.workspace = workspace or Workspace()
 
     @torch.inference_mode()
-    def __call__(self, x: Tensor, cond: Tensor) -> Tensor:
-        """x (B, 1, T), cond (B, n_mels, T) -> (B, C_out, T) float32, as `CausalWaveNet.forward`."""
-        return self._run(x, cond, None)[0]
+    def __call__(self, x: Tensor, cond: Tensor, source: Tensor | None = None) -> Tensor:
+        """x (B, 1, T), cond (B, n_mels, T), source (B, S, T) if the body takes one -> (B, C_out, T) float32, as
+        `CausalWaveNet.forward`."""
+        return self._run(x, cond, None, source)[0]
 
     @torch.inference_mode()
-    def stream(self, x: Tensor, cond: Tensor, cache: Cache) -> tuple[Tensor, Cache]:
+    def stream(self, x: Tensor, cond: Tensor, cache: Cache, source: Tensor | None = None) -> tuple[Tensor, Cache]:
         """As `CausalWaveNet.stream`, with its cache format (each layer's last (k - 1) d inputs h, float32)."""
-        return self._run(x, cond, cache)
+        return self._run(x, cond, cache, source)
 
-    def _run(self, x: Tensor, cond: Tensor, cache: Cache | None) -> tuple[Tensor, Cache | None]:
+    def _run(self, x: Tensor, cond: Tensor, cache: Cache | None, source: Tensor | None = None
+             ) -> tuple[Tensor, Cache | None]:
+        if (source is None) != (self.source_w is None):
+            raise ValueError("this body takes a source signal" if source is None else "this body has no source input")
         (batch, n_mels, length), k, r, g = cond.shape, self.kernel_size, self.residual, self.gates // 2
         space = self.workspace.get(self, batch, length, n_mels)
         rows, out, out32, state = (space[n] for n in ("rows", "out", "out32", "state"))
         self.workspace.put_conditioning(cond, slice(k * r, None))  # shared by every layer
         torch.mul(x.transpose(1, 2), self.input_w, out=state[..., :r]).add_(self.input_b)  # g_0 = h_0
+        if source is not None:
+            state[..., :r].add_(source.transpose(1, 2).float() @ self.source_w)
         state[..., r:] = self.skip_bias
         newest = rows[..., (k - 1) * r:k * r]
         new_cache = None if cache is None else []

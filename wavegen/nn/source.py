@@ -358,6 +358,15 @@ class HarmonicNoise(nn.Module):
         sigma = frames_to_samples(taps[:, 0], hop)[:, :length]
         return self.harmonic(phase, f0_t, amp), torch.log(sigma), end
 
+    def channels(self, params: tuple[Tensor, Tensor, Tensor], length: int, phase: Tensor | None, count: int
+                 ) -> Tensor:
+        """The source the WaveNet flows read beside x: sin(k phi_t) and cos(k phi_t) for k = 1..count (B, 2 count,
+        T), each zero where k F0 >= sr / 2, on the same phase as `excite`'s harmonics for `length` samples from
+        `phase` (None: the start), so consecutive chunks give the whole pass."""
+        f0_t = frames_to_samples(params[2], self.audio.hop_length)[:, :length]  # (B, T)
+        phase_t, _ = harmonic_phase(f0_t, self.audio.sample_rate, phase)
+        return harmonics(phase_t, f0_t, count, self.audio.sample_rate)
+
     def harmonic(self, phase: Tensor, f0: Tensor, amp: Tensor) -> Tensor:
         """phase, f0 (B, T) and per-frame amplitudes (B, K, F + 1) -> sum_k a_k(t) sin(k phi_t) (B, T), over
         k f0 < sr / 2 only. Only the harmonics the lowest F0 here puts below Nyquist are computed (the rest
