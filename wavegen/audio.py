@@ -135,6 +135,16 @@ def mel_filterbank(audio: AudioConfig) -> torch.Tensor:
         return _mel_transform(audio).mel_scale.fb.clone()
 
 
+@functools.lru_cache(maxsize=8)
+def bin_band_weights(audio: AudioConfig) -> torch.Tensor:
+    """(n_freqs, n_mels): each STFT bin's weights over the mel bands it lies in, as the filterbank weights them
+    (rows sum to 1, or 0 for a bin in no band): how a per-band quantity is read at a bin. Made outside inference
+    mode, like `mel_filterbank`."""
+    with torch.inference_mode(False), torch.no_grad():
+        fbank = mel_filterbank(audio)
+        return fbank / fbank.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+
 class MelFrontend(torch.nn.Module):
     """Waveform (B, T) -> log-mel (B, n_mels, T // hop_length).
 

@@ -26,12 +26,10 @@ the whole pass (each step reads and writes a window of n_fft samples around each
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
-from wavegen.audio import mel_filterbank
+from wavegen.audio import bin_band_weights, mel_filterbank
 from wavegen.config import AudioConfig
 from wavegen.nn.source import smooth_bands
 
@@ -39,15 +37,6 @@ REFINE_STEPS = 8  # the vocoder's default for neural models (the model card's ta
 REFINE_SMOOTHING = 1.0  # mel bands (Gaussian width) over which levels are compared; 0: single bands
 GAIN_LIMIT = 4.0  # nats per step: a guard against a band the waveform leaves empty, not a tuned value
 CHUNK_FRAMES = 1024  # frames refined at once (plus context): bounds memory on long inputs
-
-
-@functools.lru_cache(maxsize=8)
-def band_to_bin(audio: AudioConfig) -> Tensor:
-    """(n_freqs, n_mels): each STFT bin's weights over the mel bands it lies in (rows sum to 1, or 0 for a bin
-    in no band, whose gain stays 1). Made outside inference mode, so any caller may use what one cached."""
-    with torch.inference_mode(False), torch.no_grad():
-        fbank = mel_filterbank(audio)
-        return fbank / fbank.sum(dim=1, keepdim=True).clamp(min=1e-12)
 
 
 def match_mel(wav: Tensor, mel: Tensor, audio: AudioConfig, steps: int = REFINE_STEPS,
@@ -82,7 +71,7 @@ def _refine(wav: Tensor, target: Tensor, audio: AudioConfig, steps: int, smoothi
     """wav (B, T) with T = F * hop, target log-mel (B, n_mels, F + 1) for its F + 1 centred STFT frames ->
     the waveform after `steps` steps (B, T)."""
     fbank = mel_filterbank(audio).to(wav.device)  # (n_freqs, n_mels)
-    spread = band_to_bin(audio).to(wav.device)  # (n_freqs, n_mels)
+    spread = bin_band_weights(audio).to(wav.device)  # (n_freqs, n_mels): a bin's gain from its bands'
     window = torch.hann_window(audio.win_length, device=wav.device)
     if smoothing > 0:
         target = smooth_bands(target, smoothing)

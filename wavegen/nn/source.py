@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from wavegen.audio import mel_filterbank
+from wavegen.audio import bin_band_weights, mel_filterbank
 from wavegen.config import AudioConfig, FlowConfig
 
 UNVOICED_F0 = 100.0  # Hz: the F0 an utterance with no voiced frame runs its (silent) phase at
@@ -101,10 +101,8 @@ def envelope_matrix(audio: AudioConfig) -> Tensor:
 
 
 def _envelope_matrix(audio: AudioConfig) -> Tensor:
-    fbank = mel_filterbank(audio)  # (n_freqs, n_mels)
-    band_width = fbank.sum(dim=0, keepdim=True).clamp(min=1e-12)  # sum_f W_fm: level = mel_m / it
-    weights = fbank / fbank.sum(dim=1, keepdim=True).clamp(min=1e-12)  # bin f: mean over its bands
-    return weights / band_width
+    band_width = mel_filterbank(audio).sum(dim=0, keepdim=True).clamp(min=1e-12)  # sum_f W_fm: level = mel_m / it
+    return bin_band_weights(audio) / band_width  # bin f: the W-weighted mean over its bands
 
 
 def spectral_envelope(log_mel: Tensor, audio: AudioConfig) -> Tensor:
