@@ -13,7 +13,7 @@ from wavegen.audio import MelError, pitch_labels
 from wavegen.config import load_preset
 from wavegen.data import CorpusError, SegmentDataset
 from wavegen.models.pitch import SOURCE_RAMP, VOICED_THRESHOLD, PitchPredictor, pitch_agreement, source_voicing
-from wavegen.nn import source
+from wavegen.nn import envelope, source
 
 
 def tone(f0: float, seconds: float, rate: int, harmonics: int = 8) -> np.ndarray:
@@ -248,10 +248,10 @@ def test_hann_lobe_power_is_the_windowed_sinusoid_spectrum(speech):
     position = 100.3
     spectrum = np.abs(np.fft.rfft(np.hanning(win + 1)[:-1] * 0.7 * np.cos(2 * np.pi * position * n / n_fft)))
     bins = np.arange(97, 104)
-    expected = source.hann_lobe_power(torch.tensor(bins - position, dtype=torch.float64)).numpy() * (0.7 * win / 4) ** 2
+    expected = envelope.hann_lobe_power(torch.tensor(bins - position, dtype=torch.float64)).numpy() * (0.7 * win / 4) ** 2
     big = expected > 1e-3 * expected.max()
     np.testing.assert_allclose(spectrum[bins][big] ** 2, expected[big], rtol=0.02)
-    smear = torch.tensor(source.frame_smear(speech.audio))
+    smear = torch.tensor(envelope.frame_smear(speech.audio))
     assert smear.sum() == pytest.approx(1.0) and torch.allclose(smear, smear.flip(0)) and smear.argmax() == smear.numel() // 2
 
 
@@ -291,7 +291,7 @@ def test_expected_log_mel_is_what_the_harmonic_flow_produces_on_average(speech):
         torch.ones(1, frames)
     with torch.no_grad():
         actual, (amp, taps, filled) = mean_output_log_mel(flow0, mel, f0, voicing)
-        expected = source.expected_log_mel(amp[..., :frames], taps[..., :frames], filled[..., :frames], speech.audio)
+        expected = envelope.expected_log_mel(amp[..., :frames], taps[..., :frames], filled[..., :frames], speech.audio)
     inner = slice(3, frames - 3)
     difference = (expected - actual)[..., inner]
     assert float(difference.abs().median()) < 0.05

@@ -7,7 +7,7 @@ import torch
 
 from wavegen.audio import log_mel
 from wavegen.config import load_preset
-from wavegen.nn.source import smooth_bands
+from wavegen.nn.envelope import smooth_bands
 from wavegen.refine import REFINE_SMOOTHING, match_mel
 
 

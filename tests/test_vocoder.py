@@ -71,7 +71,7 @@ def test_chunked_student_equals_one_pass_for_a_fixed_z(vocoder, tiny):
 
 
 def test_refinement_brings_the_students_levels_to_the_mel_and_only_smoothed_when_retuned(vocoder, tiny):
-    from wavegen.nn.source import RETUNED_SMOOTHING
+    from wavegen.nn.envelope import RETUNED_SMOOTHING
     from wavegen.refine import match_mel
 
     frames = 37

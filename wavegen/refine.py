@@ -31,7 +31,7 @@ from torch import Tensor
 
 from wavegen.audio import bin_band_weights, mel_filterbank
 from wavegen.config import AudioConfig
-from wavegen.nn.source import smooth_bands
+from wavegen.nn.envelope import smooth_bands
 
 REFINE_STEPS = 8  # the vocoder's default for neural models (the model card's table: PESQ-wb and cost per step)
 REFINE_SMOOTHING = 1.0  # mel bands (Gaussian width) over which levels are compared; 0: single bands

@@ -27,7 +27,7 @@ from wavegen.models.pitch import PitchPredictor, voiced
 from wavegen.models.teacher import Progress
 from wavegen.models.student import Body
 from wavegen.nn.packed import pack
-from wavegen.nn.source import RETUNED_SMOOTHING
+from wavegen.nn.envelope import RETUNED_SMOOTHING
 from wavegen.refine import REFINE_SMOOTHING, REFINE_STEPS, match_mel
 
 MODELS = ("student", "teacher", "griffin-lim")
