@@ -34,7 +34,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from wavegen.nn.wavenet import Cache, CausalWaveNet
+from wavegen.nn.wavenet import Cache, CausalWaveNet, check_source
 
 class Workspace:
     """The buffers of a packed pass, reused across layers, calls and the bodies that share it (fresh
@@ -155,8 +155,7 @@ class PackedBody:
 
     def _run(self, x: Tensor, cond: Tensor, cache: Cache | None, source: Tensor | None = None
              ) -> tuple[Tensor, Cache | None]:
-        if (source is None) != (self.source_w is None):
-            raise ValueError("this body takes a source signal" if source is None else "this body has no source input")
+        check_source(self.source_w is not None, source)
         (batch, n_mels, length), k, r, g = cond.shape, self.kernel_size, self.residual, self.gates // 2
         space = self.workspace.get(self, batch, length, n_mels)
         rows, out, out32, state = (space[n] for n in ("rows", "out", "out32", "state"))

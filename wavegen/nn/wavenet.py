@@ -28,6 +28,12 @@ from wavegen.nn.source import frames_to_samples
 Cache = list[Tensor]  # one (B, C_layer, (k - 1) * d) queue of past inputs per causal conv
 
 
+def check_source(takes: bool, source: Tensor | None) -> None:
+    """A ValueError unless a source signal is given exactly when the network (or its inference copy) `takes` one."""
+    if (source is None) == takes:
+        raise ValueError("this network takes a source signal" if takes else "this network has no source input")
+
+
 class CausalConv1d(nn.Conv1d):
     """A dilated convolution that sees only the present and the past.
 
@@ -130,9 +136,7 @@ class CausalWaveNet(nn.Module):
 
     def _input(self, x: Tensor, source: Tensor | None) -> Tensor:
         """(B, C_in, T) and the source (B, S, T) -> the residual stream's start (B, R, T)."""
-        if (source is None) != (self.source is None):
-            raise ValueError("this network takes a source signal" if source is None else "this network has no "
-                             "source input")
+        check_source(self.source is not None, source)
         return self.input(x) if source is None else self.input(x) + self.source(source)
 
     def stream(self, x: Tensor, c: Tensor, cache: Cache | None, source: Tensor | None = None
