@@ -58,30 +58,30 @@ def test_init_takes_the_weights_and_the_presets_parameter_free_options(tiny, tmp
     source input) it keeps every weight it has and starts the new module from its initialisation (zero, so the
     teacher is unchanged); a different parameter shape, or a part the preset lacks, is a one-line ConfigError."""
     from wavegen.checkpoint import build_model, export_model
-    from wavegen.cli import _initial_model
+    from wavegen.checkpoint import initial_model
     from wavegen.config import ConfigError
 
     plain = dataclasses.replace(tiny, student=dataclasses.replace(tiny.student, hn_calibrate=False))
     torch.manual_seed(3)
     model = build_model("student", plain)
     path = export_model(tmp_path / "student.safetensors", model, "student", plain)
-    started = _initial_model(str(path), "student", tiny)
+    started = initial_model(str(path), "student", tiny)
     assert tiny.student.hn_calibrate and started.cfg.hn_calibrate and started.source.calibrate
     for name, value in model.state_dict().items():
         torch.testing.assert_close(started.state_dict()[name], value)
     wider = dataclasses.replace(tiny, student=dataclasses.replace(tiny.student, hn_channels=tiny.student.hn_channels + 1))
     with pytest.raises(ConfigError, match="shape differs"):
-        _initial_model(str(path), "student", wider)
+        initial_model(str(path), "student", wider)
 
     mel_only = dataclasses.replace(tiny, teacher=dataclasses.replace(tiny.teacher, source_harmonics=0))
     teacher = build_model("teacher", mel_only)
     path = export_model(tmp_path / "teacher.safetensors", teacher, "teacher", mel_only)
-    driven = _initial_model(str(path), "teacher", tiny)
+    driven = initial_model(str(path), "teacher", tiny)
     assert driven.pitch_driven and not teacher.pitch_driven and not driven.body.source.weight.any()
     for name, value in teacher.state_dict().items():
         torch.testing.assert_close(driven.state_dict()[name], value)
     with pytest.raises(ConfigError, match="shape differs"):  # weights with a part the preset lacks
-        _initial_model(str(export_model(tmp_path / "driven.safetensors", driven, "teacher", tiny)), "teacher",
+        initial_model(str(export_model(tmp_path / "driven.safetensors", driven, "teacher", tiny)), "teacher",
                        mel_only)
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from wavegen.audio import atomic_write, first_line
-from wavegen.config import Preset
+from wavegen.config import ConfigError, Preset
 from wavegen.models import Student, Teacher
 from wavegen.models.pitch import PitchPredictor
 
@@ -110,3 +110,28 @@ def load_latest_state(run_dir: str | Path) -> tuple[dict[str, Any], Path] | None
             warnings.warn(f"{exc}; falling back to the previous checkpoint", stacklevel=2)
     return None
 
+
+def import_matching(path: Path, kind: str, preset: Preset) -> nn.Module:
+    """Exported weights of `kind` whose mel convention is the preset's (else a one-line ConfigError)."""
+    model, source = import_model(path, kind)
+    if source.audio != preset.audio:
+        raise ConfigError(f"the {kind} model's mel convention {source.audio} differs from the preset's")
+    return model
+
+
+def initial_model(path: str | None, kind: str, preset: Preset) -> nn.Module | None:
+    """--init: start a new run from exported weights (a resumed run ignores it). The model is the preset's:
+    options that change no parameter (e.g. `hn_calibrate`) follow the preset, and parts the weights lack (a
+    module the preset adds, e.g. a teacher's source input) keep their initialisation; every part both have must match."""
+    if path is None:
+        return None
+    weights, _ = import_model(Path(path), kind)
+    model = build_model(kind, preset)
+    ours, theirs = model.state_dict(), weights.state_dict()
+    if theirs.keys() - ours.keys() or any(ours[k].shape != theirs[k].shape for k in theirs):
+        raise ConfigError(f"{path}: its {kind} shape differs from the preset's; --init needs the same shape")
+    model.load_state_dict(theirs, strict=False)
+    new = sorted({key.rsplit(".", 1)[0] for key in ours.keys() - theirs.keys()})  # modules, e.g. flows.0.source
+    if new:
+        print(f"--init: {path} has no {', '.join(new)}; those start from the preset's initialisation")
+    return model

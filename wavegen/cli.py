@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from wavegen.audio import AudioError, MelError, atomic_write, load_audio, log_mel
-from wavegen.checkpoint import CheckpointError
+from wavegen.checkpoint import CheckpointError, import_matching, initial_model
 from wavegen.config import ConfigError, load_preset, preset_names
 from wavegen.corpus import RecipeError
 from wavegen.data import CorpusError
@@ -82,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = getattr(preset, section)
     torch.manual_seed(cfg.seed)  # the initial weights too are a function of the seed
     make = teacher_stage if args.stage == "teacher" else pitch_stage
-    stage = make(preset, _initial_model(args.init, args.stage, preset))
+    stage = make(preset, initial_model(args.init, args.stage, preset))
     path = fit(stage, preset, cfg, args.data, args.out, resume=args.resume, device=args.device)
     print(f"{args.stage}: {path}")
     return 0
@@ -95,15 +95,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
     preset = _with_overrides(load_preset(args.preset), "distill_train", args)
     source = Path(args.teacher)
     folder = source if source.is_dir() else source.parent  # a checkpoint folder, or the teacher file's
-    teacher = _import_matching(folder / "teacher.safetensors" if source.is_dir() else source, "teacher", preset)
+    teacher = import_matching(folder / "teacher.safetensors" if source.is_dir() else source, "teacher", preset)
     pitch = None
     if preset.distill.f0_source == "predictor":
         path = Path(args.pitch) if args.pitch else folder / "pitch.safetensors"
         if not path.is_file():
             raise ConfigError(f"distill.f0_source is 'predictor' but {path} does not exist; give --pitch")
-        pitch = _import_matching(path, "pitch", preset)
+        pitch = import_matching(path, "pitch", preset)
     torch.manual_seed(preset.distill_train.seed)
-    stage = distill_stage(preset, teacher, _initial_model(args.init, "student", preset), pitch)
+    stage = distill_stage(preset, teacher, initial_model(args.init, "student", preset), pitch)
     path = fit(stage, preset, preset.distill_train, args.data, args.out, resume=args.resume, device=args.device)
     print(f"student: {path}")
     return 0
@@ -293,36 +293,6 @@ def cmd_app(args: argparse.Namespace) -> int:
 
     launch(checkpoint=args.checkpoint, host=args.host, port=args.port)
     return 0
-
-
-def _import_matching(path: Path, kind: str, preset):
-    """Exported weights of `kind` whose mel convention is the preset's (else a one-line ConfigError)."""
-    from wavegen.checkpoint import import_model
-
-    model, source = import_model(path, kind)
-    if source.audio != preset.audio:
-        raise ConfigError(f"the {kind} model's mel convention {source.audio} differs from the preset's")
-    return model
-
-
-def _initial_model(path: str | None, kind: str, preset):
-    """--init: start a new run from exported weights (a resumed run ignores it). The model is the preset's:
-    options that change no parameter (e.g. `hn_calibrate`) follow the preset, and parts the weights lack (a
-    module the preset adds, e.g. a teacher's source input) keep their initialisation; every part both have must match."""
-    if path is None:
-        return None
-    from wavegen.checkpoint import build_model, import_model
-
-    weights, _ = import_model(Path(path), kind)
-    model = build_model(kind, preset)
-    ours, theirs = model.state_dict(), weights.state_dict()
-    if theirs.keys() - ours.keys() or any(ours[k].shape != theirs[k].shape for k in theirs):
-        raise ConfigError(f"{path}: its {kind} shape differs from the preset's; --init needs the same shape")
-    model.load_state_dict(theirs, strict=False)
-    new = sorted({key.rsplit(".", 1)[0] for key in ours.keys() - theirs.keys()})  # modules, e.g. flows.0.source
-    if new:
-        print(f"--init: {path} has no {', '.join(new)}; those start from the preset's initialisation")
-    return model
 
 
 def _with_overrides(preset, section: str, args: argparse.Namespace):
