@@ -43,6 +43,17 @@ def test_preprocess_command_reports_the_corrupt_file(tmp_path):
     assert "broken.flac" in result.stdout + result.stderr and "skipped 1" in result.stdout
     assert len(json.loads((tmp_path / "out" / "manifest.json").read_text())["utterances"]) == 5
 
+    labels = {p.name: np.load(p) for p in (tmp_path / "out" / "f0").iterdir()}
+    relabel = wavegen("preprocess", "--labels-only", tmp_path / "out", "--labeller", "vote", "--workers", "1")
+    assert relabel.returncode == 0, relabel.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["pitch_labeller"] == "vote" and "(vote)" in relabel.stdout
+    for name, old in labels.items():  # the tones are clean: the majority agrees with DIO where both voiced
+        new = np.load(tmp_path / "out" / "f0" / name)
+        both = (new > 0) & (old > 0)
+        assert new.shape == old.shape and both.mean() > 0.7
+        assert np.median(np.abs(1200 * np.log2(new[both] / old[both]))) < 5
+
 
 def test_vocode_a_folder_mixing_good_and_broken_files(tmp_path, tiny_checkpoint, tiny):
     inputs = tmp_path / "inputs"

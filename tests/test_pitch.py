@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from wavegen.audio import MelError, pitch_labels
+from wavegen.audio import PITCH_TRACKERS, MelError, pitch_labels, vote_labels
 from wavegen.config import load_preset
 from wavegen.data import CorpusError, SegmentDataset
 from wavegen.models.pitch import SOURCE_RAMP, VOICED_THRESHOLD, PitchPredictor, pitch_agreement, source_voicing
@@ -27,7 +27,7 @@ def speech():
     return load_preset("speech16k")
 
 
-@pytest.mark.parametrize("tracker", ["dio", "harvest"])
+@pytest.mark.parametrize("tracker", PITCH_TRACKERS)
 @pytest.mark.parametrize("f0", [100.0, 220.0, 400.0])
 def test_labeller_reads_harmonic_tones_within_one_percent(speech, f0, tracker):
     labels = pitch_labels(tone(f0, 1.0, speech.audio.sample_rate), speech.audio, tracker)
@@ -41,11 +41,23 @@ def test_labeller_names_an_unknown_tracker(speech):
         pitch_labels(np.zeros(speech.audio.sample_rate, dtype=np.float32), speech.audio, "yin")
 
 
-def test_labeller_reads_silence_and_white_noise_as_unvoiced(speech):
+@pytest.mark.parametrize("tracker", PITCH_TRACKERS)
+def test_labeller_reads_silence_and_white_noise_as_unvoiced(speech, tracker):
     rate = speech.audio.sample_rate
-    assert (pitch_labels(np.zeros(rate, dtype=np.float32), speech.audio) == 0).all()
+    assert (pitch_labels(np.zeros(rate, dtype=np.float32), speech.audio, tracker) == 0).all()
     noise = (0.3 * np.random.default_rng(0).standard_normal(rate)).astype(np.float32)
-    assert (pitch_labels(noise, speech.audio) > 0).mean() < 0.1
+    assert (pitch_labels(noise, speech.audio, tracker) > 0).mean() < 0.1
+
+
+def test_vote_outvotes_one_tracker():
+    """Frames: all agree; DIO slips an octave; Harvest slips an octave; only DIO voiced; DIO and pYIN
+    voiced; only pYIN voiced; DIO 20 cents off Harvest (agreeing: DIO's value kept)."""
+    dio = np.array([200.0, 400.0, 200.0, 200.0, 200.0, 0.0, 203.0])
+    harvest = np.array([201.0, 200.0, 100.0, 0.0, 0.0, 0.0, 200.7])
+    pyin_f0 = np.array([199.0, 201.0, 199.0, 200.0, 198.0, 200.0, 150.0])
+    pyin_voiced = np.array([True, True, True, False, True, True, True])
+    labels = vote_labels(dio, harvest, pyin_f0, pyin_voiced)
+    np.testing.assert_allclose(labels, [200.0, 200.0, 200.0, 0.0, 200.0, 0.0, 203.0])
 
 
 @pytest.mark.parametrize("f0", [100.0, 220.0, 400.0])

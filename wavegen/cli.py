@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wavegen.audio import AudioError, MelError, atomic_write, load_audio, log_mel
+from wavegen.audio import DEFAULT_LABELLER, PITCH_TRACKERS, AudioError, MelError, atomic_write, load_audio, log_mel
 from wavegen.checkpoint import CheckpointError, import_matching, initial_model
 from wavegen.config import ConfigError, load_preset, preset_names
 from wavegen.corpus import RecipeError
@@ -50,12 +50,13 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from wavegen.data import add_pitch_labels, preprocess
 
     if args.labels_only:
-        manifest = add_pitch_labels(args.corpus, workers=args.workers)
-        print(f"{args.corpus}: F0 labels for {len(manifest['utterances'])} utterances")
+        manifest = add_pitch_labels(args.corpus, workers=args.workers, labeller=args.labeller)
+        print(f"{args.corpus}: F0 labels ({args.labeller}) for {len(manifest['utterances'])} utterances")
         return 0
     if args.output is None:
         raise SystemExit("wavegen preprocess: give the output folder (or --labels-only CACHE)")
-    manifest = preprocess(args.corpus, args.output, load_preset(args.preset).audio, workers=args.workers)
+    manifest = preprocess(args.corpus, args.output, load_preset(args.preset).audio, workers=args.workers,
+                          labeller=args.labeller)
     utterances = manifest["utterances"]
     for split in ("train", "valid"):
         chosen = [u for u in utterances if u["split"] == split]
@@ -352,7 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="speech16k", help=presets)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--labels-only", action="store_true",
-                   help="add F0 labels to a folder preprocessed before they existed")
+                   help="(re)write the F0 labels of a preprocessed folder (one made before they existed, or "
+                   "to change the labeller)")
+    p.add_argument("--labeller", choices=PITCH_TRACKERS, default=DEFAULT_LABELLER,
+                   help="F0 labeller: WORLD's DIO, WORLD's Harvest, or those two and pYIN by majority "
+                   f"(default {DEFAULT_LABELLER})")
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("corpus", help="build a training corpus from material on this machine")

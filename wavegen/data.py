@@ -8,9 +8,11 @@ A corpus is a folder of audio files (searched recursively), an LJSpeech-style fo
     OUT/mel/<id>.npy           (n_mels, frames) float32 log-mel
     OUT/f0/<id>.npy            (frames,) float32 F0 in Hz per mel frame, 0 where unvoiced
 
-F0 labels come from WORLD's DIO tracker refined by StoneMask (`pyworld`, MIT licence): 70x real time
-on one core here, where librosa's pYIN ran at 1x and Harvest at 2x (Praat is faster still, but GPL).
-A cache made before the labels existed gets them with `wavegen preprocess --labels-only OUT`.
+F0 labels come from WORLD's DIO tracker refined by StoneMask (`pyworld`, MIT licence) by default, the
+fastest here (Praat is faster still, but GPL); `labeller="vote"` takes DIO, Harvest and pYIN by majority
+(`audio.vote_labels`), about 30x slower (54x vs 1.6x real time on one core). The manifest records which
+(`pitch_labeller`). A cache made before the labels existed gets them, or another labeller's, with
+`wavegen preprocess --labels-only OUT`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 from tqdm import tqdm
 
-from wavegen.audio import AUDIO_EXTENSIONS, AudioError, atomic_write, load_audio, log_mel, pitch_labels
+from wavegen.audio import (AUDIO_EXTENSIONS, DEFAULT_LABELLER, AudioError, atomic_write, check_labeller, load_audio,
+                           log_mel, pitch_labels)
 from wavegen.config import AudioConfig
 
 HELDOUT_MODULUS = 20  # one file in 20 is held out for validation
@@ -107,27 +110,28 @@ def prepare_utterance(path: str | Path, audio: AudioConfig, top_db: float = 40.0
     return wav, mel
 
 
-def _label_one(job: tuple[str, str, AudioConfig]) -> str | None:
-    """Add the F0 labels of one cached utterance; returns an error line or None."""
-    uid, out, audio = job
+def _label_one(job: tuple[str, str, AudioConfig, str]) -> str | None:
+    """Write the F0 labels of one cached utterance; returns an error line or None."""
+    uid, out, audio, labeller = job
+    torch.set_num_threads(1)
     try:
         wav = np.load(Path(out) / "audio" / f"{uid}.npy")
-        f0 = pitch_labels(wav, audio)
+        f0 = pitch_labels(wav, audio, labeller)
     except (ValueError, OSError) as exc:
         return f"{uid}: {str(exc).splitlines()[0]}"
     atomic_write(Path(out) / "f0" / f"{uid}.npy", lambda tmp: np.save(open(tmp, "wb"), f0))
     return None
 
 
-def _preprocess_one(job: tuple[str, str, str, AudioConfig]) -> dict:
-    key, path, out, audio = job
+def _preprocess_one(job: tuple[str, str, str, AudioConfig, str]) -> dict:
+    key, path, out, audio, labeller = job
     torch.set_num_threads(1)
     uid = utterance_id(key)
     try:
         wav, mel = prepare_utterance(path, audio)
     except (AudioError, ValueError, OSError) as exc:
         return {"key": key, "source": path, "error": str(exc).splitlines()[0]}
-    f0 = pitch_labels(wav, audio)
+    f0 = pitch_labels(wav, audio, labeller)
     for sub, array in (("audio", wav), ("mel", mel), ("f0", f0)):
         atomic_write(Path(out) / sub / f"{uid}.npy", lambda tmp, a=array: np.save(open(tmp, "wb"), a))
     return {"key": key, "id": uid, "source": path, "frames": int(mel.shape[1]),
@@ -135,12 +139,14 @@ def _preprocess_one(job: tuple[str, str, str, AudioConfig]) -> dict:
 
 
 def preprocess(corpus: str | Path, out: str | Path, audio: AudioConfig, workers: int = 2,
-               progress: bool = True) -> dict:
-    """Preprocess a corpus into `out`; unreadable files are reported and skipped. Returns the manifest."""
+               progress: bool = True, labeller: str = DEFAULT_LABELLER) -> dict:
+    """Preprocess a corpus into `out`, F0 labels by `labeller` (`audio.pitch_labels`'s tracker); unreadable
+    files are reported and skipped. Returns the manifest."""
+    check_labeller(labeller)
     corpus, out = Path(corpus), Path(out)
     files = discover(corpus)
     pinned = heldout_keys(corpus)
-    jobs = [(key, str(path), str(out), audio) for key, path in files]
+    jobs = [(key, str(path), str(out), audio, labeller) for key, path in files]
     (out / "audio").mkdir(parents=True, exist_ok=True)
     (out / "mel").mkdir(parents=True, exist_ok=True)
     (out / "f0").mkdir(parents=True, exist_ok=True)
@@ -160,25 +166,28 @@ def preprocess(corpus: str | Path, out: str | Path, audio: AudioConfig, workers:
         held = result["key"] in pinned if pinned is not None else is_heldout(result["key"])
         utterances.append({**result, "split": "valid" if held else "train"})
     manifest = {"format": 1, "corpus": str(corpus), "audio": asdict(audio), "pitch_labels": True,
-                "utterances": utterances, "failed": failed}
+                "pitch_labeller": labeller, "utterances": utterances, "failed": failed}
     atomic_write(out / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
     return manifest
 
 
-def add_pitch_labels(root: str | Path, workers: int = 2, progress: bool = True) -> dict:
-    """Label every utterance of a preprocessed folder (made before F0 labels existed) in place."""
+def add_pitch_labels(root: str | Path, workers: int = 2, progress: bool = True,
+                     labeller: str = DEFAULT_LABELLER) -> dict:
+    """(Re)label every utterance of a preprocessed folder in place: one made before F0 labels existed, or one
+    labelled by another labeller."""
+    check_labeller(labeller)
     root = Path(root)
     manifest = load_manifest(root)
     audio = AudioConfig(**manifest["audio"])
     (root / "f0").mkdir(exist_ok=True)
-    jobs = [(u["id"], str(root), audio) for u in manifest["utterances"]]
+    jobs = [(u["id"], str(root), audio, labeller) for u in manifest["utterances"]]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
         errors = [e for e in tqdm(pool.map(_label_one, jobs, chunksize=8), total=len(jobs), desc="F0 labels",
                                   unit="file", disable=not progress) if e]
     if errors:
         raise CorpusError(f"{root}: {len(errors)} utterance(s) could not be labelled, first: {errors[0]}")
-    manifest["pitch_labels"] = True
+    manifest["pitch_labels"], manifest["pitch_labeller"] = True, labeller
     atomic_write(root / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
     return manifest
 

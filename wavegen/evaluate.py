@@ -3,7 +3,7 @@
 Metrics compare a reference waveform with its resynthesis from the reference's own mel:
 multi-resolution STFT distance, mel L1, MFCC mel-cepstral distortion (dB), PESQ wide-band and
 STOI at 16 kHz, log-F0 RMSE and median |error| (cents) and voicing decision error (the corpus labeller,
-WORLD's DIO + StoneMask: 70x faster than pYIN, which made the metrics the slowest part of an evaluation).
+WORLD's DIO + StoneMask: 10x faster than pYIN, which made the metrics the slowest part of an evaluation).
 """
 
 from __future__ import annotations
