@@ -19,7 +19,7 @@ import numpy as np
 import scipy.signal
 import torch
 
-from wavegen.audio import PITCH_TRACKERS, load_audio, log_mel, pitch_labels, pyin_opinion, vote_labels
+from wavegen.audio import load_audio, log_mel, pitch_labels, pyin_opinion, vote_labels
 from wavegen.checkpoint import import_model
 from wavegen.config import AudioConfig
 from wavegen.evaluate import reference_files
@@ -102,10 +102,9 @@ def main() -> None:
             parts = [r[home][factor] for r in results]
             truth = torch.from_numpy(np.concatenate([p["truth"] for p in parts])).float()
             row = {}
-            for name in (*PITCH_TRACKERS, *checkpoints):
+            for name in sorted(parts[0].keys() - {"truth"}):  # every labeller and predictor one_file read
                 read = torch.from_numpy(np.concatenate([p[name] for p in parts])).float()
-                row[name] = {k: round(v, 4) for k, v in
-                             pitch_agreement(read.clamp(min=1e-3), read > 0, truth).items()}
+                row[name] = {k: round(v, 4) for k, v in pitch_agreement(read, read > 0, truth).items()}
             report[f"home {home}, x{factor}"] = {"voiced": round(float((truth > 0).float().mean()), 3), **row}
     print(json.dumps(report, indent=1))
 
