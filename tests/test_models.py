@@ -70,17 +70,18 @@ def test_receptive_field_is_what_the_config_says(tiny):
     assert 200 - int(seen.min()) == tiny.teacher.receptive_field
 
 
-def teacher_and_pitch(tiny, frames: int, batch: int = 1, harmonics: int = 3, **changes):
-    """A randomised tiny teacher (pitch-driven unless harmonics is 0) and the F0/voicing keywords it takes."""
-    cfg = dataclasses.replace(tiny.teacher, source_harmonics=harmonics, **changes)
+def teacher_and_pitch(tiny, frames: int, batch: int = 1, harmonics: int = 0, lag: bool = True, **changes):
+    """A randomised tiny teacher (pitch-driven with harmonics and/or the pitch lag) and the F0/voicing keywords
+    it takes."""
+    cfg = dataclasses.replace(tiny.teacher, source_harmonics=harmonics, pitch_lag=lag, **changes)
     teacher = randomise(Teacher(cfg, tiny.audio), 0.2)
-    return teacher, (contour(batch, frames) if harmonics else {})
+    return teacher, (contour(batch, frames) if cfg.pitch_driven else {})
 
 
 @pytest.mark.parametrize("output", ["gaussian", "mol"])
-@pytest.mark.parametrize("harmonics", [0, 3])
-def test_teacher_parameters_at_t_depend_only_on_the_past(tiny, output, harmonics):
-    teacher, pitch = teacher_and_pitch(tiny, 3, harmonics=harmonics, output=output)
+@pytest.mark.parametrize("harmonics,lag", [(0, False), (3, False), (0, True), (3, True)])
+def test_teacher_parameters_at_t_depend_only_on_the_past(tiny, output, harmonics, lag):
+    teacher, pitch = teacher_and_pitch(tiny, 3, harmonics=harmonics, lag=lag, output=output)
     mel = torch.randn(1, tiny.audio.n_mels, 3)
     x = (0.5 * torch.randn(1, 3 * tiny.audio.hop_length)).clamp(-1, 1)
     t0 = 100
@@ -100,7 +101,7 @@ def test_a_pitch_driven_teacher_hears_its_source_and_starts_as_the_mel_only_one(
     mel, x = torch.randn(1, tiny.audio.n_mels, 3), (0.5 * torch.randn(1, 3 * tiny.audio.hop_length)).clamp(-1, 1)
     higher = {"f0": pitch["f0"] * 1.3, "voicing": pitch["voicing"]}
     assert not torch.allclose(teacher.params(x, mel, **pitch), teacher.params(x, mel, **higher))
-    plain, _ = teacher_and_pitch(tiny, 3, harmonics=0)
+    plain, _ = teacher_and_pitch(tiny, 3, lag=False)
     started = Teacher(tiny.teacher, tiny.audio)
     assert set(started.state_dict()) - set(plain.state_dict()) == {"body.source.weight"}
     started.load_state_dict(plain.state_dict(), strict=False)
@@ -109,12 +110,14 @@ def test_a_pitch_driven_teacher_hears_its_source_and_starts_as_the_mel_only_one(
         started.params(x, mel)
 
 
-@pytest.mark.parametrize("output,compiled,harmonics", [("gaussian", True, 0), ("gaussian", False, 0),
-                                                       ("mol", False, 0), ("gaussian", True, 3), ("mol", False, 3)])
-def test_cached_generation_equals_the_naive_generator(tiny, output, compiled, harmonics, monkeypatch):
+@pytest.mark.parametrize("output,compiled,harmonics,lag", [
+    ("gaussian", True, 0, False), ("gaussian", False, 0, False), ("mol", False, 0, False),
+    ("gaussian", True, 3, False), ("mol", False, 3, False),
+    ("gaussian", True, 0, True), ("gaussian", False, 0, True), ("mol", False, 0, True), ("gaussian", True, 3, True)])
+def test_cached_generation_equals_the_naive_generator(tiny, output, compiled, harmonics, lag, monkeypatch):
     from wavegen.nn import compiled as compiled_loop
 
-    teacher, pitch = teacher_and_pitch(tiny, 2, batch=2, harmonics=harmonics, output=output)
+    teacher, pitch = teacher_and_pitch(tiny, 2, batch=2, harmonics=harmonics, lag=lag, output=output)
     teacher.eval()
     # spans of 16 samples: the compiled loop folds the source in span by span, with the previous span's past
     monkeypatch.setattr(compiled_loop, "SPAN_VALUES", 2 * 16 * tiny.teacher.layers * 2 * tiny.teacher.gate_channels)

@@ -73,7 +73,7 @@ def test_init_takes_the_weights_and_the_presets_parameter_free_options(tiny, tmp
     with pytest.raises(ConfigError, match="shape differs"):
         initial_model(str(path), "student", wider)
 
-    mel_only = dataclasses.replace(tiny, teacher=dataclasses.replace(tiny.teacher, source_harmonics=0))
+    mel_only = dataclasses.replace(tiny, teacher=dataclasses.replace(tiny.teacher, pitch_lag=False))
     teacher = build_model("teacher", mel_only)
     path = export_model(tmp_path / "teacher.safetensors", teacher, "teacher", mel_only)
     driven = initial_model(str(path), "teacher", tiny)

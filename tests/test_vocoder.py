@@ -80,8 +80,14 @@ def test_refinement_brings_the_students_levels_to_the_mel_and_only_smoothed_when
     error = lambda wav: (vocoder.mel(wav) - mel).abs().mean()  # noqa: E731
     raw, refined = (vocoder.synthesize(mel, "student", z=z, refine_steps=k, refine_smoothing=0) for k in (0, 4))
     assert error(refined) < 0.5 * error(raw)
-    torch.testing.assert_close(vocoder.synthesize(mel, "student", z=z),  # the default: 1-band smoothing
-                               match_mel(raw, mel, tiny.audio).clamp(-1, 1))
+    # the default (1-band smoothing) refines exactly what refine_steps=0 returns, clipped, and clips again,
+    # whether or not the model's sample (it differs with the CPU that trained the fixture) reaches +-1
+    for loud in (0.0, 3.0):  # +3 nats: the raw sample certainly clips
+        raw = vocoder.synthesize(mel + loud, "student", z=z, refine_steps=0)
+        default = vocoder.synthesize(mel + loud, "student", z=z)
+        assert raw.abs().max() <= 1 and default.abs().max() <= 1
+        torch.testing.assert_close(default, match_mel(raw, mel + loud, tiny.audio).clamp(-1, 1))
+    assert (raw.abs() == 1).any()  # the loud case did clip
     f0, _ = vocoder.pitch(mel, check=False)
     with torch.inference_mode():
         raw_shifted = vocoder.synthesize(mel, "student", z=z, f0=f0, pitch_shift=1.5, refine_steps=0)
@@ -238,13 +244,13 @@ def test_a_pitch_driven_teacher_takes_the_contour_and_a_mel_only_one_refuses_it(
     from wavegen.models import Teacher
     from wavegen.vocoder import PitchError
 
-    assert vocoder.pitch_driven("teacher")  # the tiny preset's teacher hears harmonics of F0
+    assert vocoder.pitch_driven("teacher")  # the tiny preset's teacher reads the waveform one pitch period back
     mel = torch.full((1, tiny.audio.n_mels, 3), -6.0)
     f0 = torch.tensor([120.0, 125.0, 130.0])
     same = vocoder.synthesize(mel, "teacher", seed=0, f0=f0)
     assert torch.equal(same, vocoder.synthesize(mel, "teacher", seed=0, f0=f0.numpy()))
     assert not torch.equal(same, vocoder.synthesize(mel, "teacher", seed=0, f0=f0, pitch_shift=1.5))
-    plain = Teacher(dataclasses.replace(tiny.teacher, source_harmonics=0), tiny.audio)
+    plain = Teacher(dataclasses.replace(tiny.teacher, pitch_lag=False), tiny.audio)
     mel_only = Vocoder(tiny.audio, plain, vocoder.student, pitch=vocoder.pitch_model, device="cpu", precision="fp32")
     assert not mel_only.pitch_driven("teacher")
     with pytest.raises(PitchError, match="the teacher reads F0 from the mel alone"):

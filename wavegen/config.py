@@ -90,14 +90,23 @@ class WaveNetConfig(BodyShape):
     n_mixtures: int = 10
     log_scale_min: float = -9.0
     # teacher only, > 0: harmonics 1..n of F0 (sin and cos, times voicing) and the voicing enter its input path
-    # (`wavegen.nn.source.source_channels`): p(x_t | x_<t, mel, source)
+    # (`wavegen.nn.pitch_input.PitchInput`): p(x_t | x_<t, mel, F0)
     source_harmonics: int = 0
+    # teacher only: the waveform one pitch period back, v_t x(t - T0_t + k) for k = -1, 0, 1, and the voicing
+    # enter its input path (speech coding's long-term predictor); every tap lies in the past, so the density
+    # stays exactly autoregressive (`wavegen.nn.pitch_input`)
+    pitch_lag: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.layers > 0, "layers must be positive")
         _require(self.output in ("gaussian", "mol"), f"output must be 'gaussian' or 'mol', got {self.output!r}")
         _require(self.source_harmonics >= 0, "source_harmonics must be >= 0")
+
+    @property
+    def pitch_driven(self) -> bool:
+        """Whether the network reads an F0 contour beside the mel (harmonics of it, the pitch lag or both)."""
+        return self.source_harmonics > 0 or self.pitch_lag
 
     @property
     def dilations(self) -> tuple[int, ...]:

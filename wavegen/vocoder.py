@@ -242,11 +242,14 @@ class Vocoder:
                 z = temperature * torch.randn(shape, generator=generator, device=self.device)
             with self._student_lock:  # concurrent callers (the app's queue runs two) take turns
                 wav = self._student_streamed(mel, z.to(self.device), contour)
+        wav = wav.float().clamp(-1.0, 1.0)  # what the model's own output sounds like as audio
         if model != "griffin-lim":
+            # the steps refine that clipped sample (so they also correct the spectrum clipping changed, and the
+            # result is the refinement of what refine_steps=0 returns); a step can leave +-1 again: clip once more
             retuned = contour is not None and contour.retuned
             smoothing = max(refine_smoothing, RETUNED_SMOOTHING) if retuned else refine_smoothing
-            wav = match_mel(wav.float(), mel, self.audio, refine_steps, smoothing)
-        return wav.clamp(-1.0, 1.0).float().cpu()
+            wav = match_mel(wav, mel, self.audio, refine_steps, smoothing).clamp(-1.0, 1.0)
+        return wav.cpu()
 
     def student_path(self) -> StudentPath:
         """What runs the student here: on the CPU, packed GEMM copies of the flows (same maths; bf16 or

@@ -4,8 +4,10 @@ Scoring any waveform is one parallel pass (`log_prob`); generation is sequential
 step per sample, with the body's explicit cache (`generate`), or, for tests and the benchmark,
 by recomputing the receptive field at every step (`generate_naive`).
 
-With `cfg.source_harmonics`, the teacher is pitch-driven: harmonics of an F0 contour (B, F) and the voicing
-(B, F) enter its input path (`wavegen.nn.source.source_channels`), and every method takes `f0=` and `voicing=`.
+With `cfg.source_harmonics` and/or `cfg.pitch_lag`, the teacher is pitch-driven: harmonics of an F0 contour
+(B, F), the waveform one pitch period back and the voicing (B, F) enter its input path
+(`wavegen.nn.pitch_input.PitchInput`), and every method takes `f0=` and `voicing=`. The lag reads only the past,
+so the density stays exactly autoregressive; generation computes it span by span from the samples drawn.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from wavegen.config import AudioConfig, WaveNetConfig
 from wavegen.distributions import gaussian_log_prob, mol_log_prob, mol_sample
 from wavegen.nn import CausalWaveNet, MelUpsampler, full_precision, shift_right
 from wavegen.nn import compiled as compiled_loop
-from wavegen.nn.source import source_channels
+from wavegen.nn.pitch_input import PitchInput, pitch_input_channels
 
 Progress = Callable[[int, int], None]  # (samples done, total)
 
@@ -29,34 +31,36 @@ class Teacher(nn.Module):
 
     def __init__(self, cfg: WaveNetConfig, audio: AudioConfig | None = None):
         super().__init__()
-        if cfg.source_harmonics and audio is None:
+        if cfg.pitch_driven and audio is None:
             raise ValueError("a pitch-driven teacher needs the mel convention (audio)")
         self.cfg, self.audio = cfg, audio
         out_channels = 2 if cfg.output == "gaussian" else 3 * cfg.n_mixtures
         self.upsampler = MelUpsampler(cfg.n_mels, cfg.upsample_scales, cfg.upsampler)
         self.body = CausalWaveNet(cfg, in_channels=1, out_channels=out_channels,
-                                  source_channels=2 * cfg.source_harmonics + 1 if cfg.source_harmonics else 0)
+                                  source_channels=pitch_input_channels(cfg))
 
     @property
     def pitch_driven(self) -> bool:
         return self.body.source is not None
 
-    def source(self, f0: Tensor | None, voicing: Tensor | None) -> Tensor | None:
-        """The source channels (B, S, F * hop) from F0 (B, F) in Hz and voicing (B, F) in [0, 1]; None for a
-        mel-only teacher (which takes neither)."""
+    def source(self, f0: Tensor | None, voicing: Tensor | None) -> PitchInput | None:
+        """The source channels' maker from F0 (B, F) in Hz and voicing (B, F) in [0, 1] (`PitchInput(x, lo, hi)`
+        gives samples [lo, hi) of a waveform x); None for a mel-only teacher (which takes neither)."""
         if not self.pitch_driven:
             if f0 is not None:
                 raise ValueError("this teacher reads F0 from the mel alone: it takes no f0")
             return None
         if f0 is None or voicing is None:
             raise ValueError("this teacher is pitch-driven: it needs F0 and voicing per frame (f0=, voicing=)")
-        return source_channels(f0, voicing, self.cfg.source_harmonics, self.audio)
+        return PitchInput(f0, voicing, self.cfg, self.audio)
 
     def params(self, x: Tensor, mel: Tensor, f0: Tensor | None = None, voicing: Tensor | None = None) -> Tensor:
         """x (B, T), mel (B, n_mels, F) with T = F * hop (and F0, voicing (B, F) for a pitch-driven teacher) ->
         head parameters (B, P, T); parameters at t depend on x_<t only. One parallel pass."""
+        source = self.source(f0, voicing)
         # float32 head: the density needs it under bf16 autocast (log-scales reach -9)
-        return full_precision(self.body(shift_right(x.unsqueeze(1)), self.upsampler(mel), self.source(f0, voicing)))
+        return full_precision(self.body(shift_right(x.unsqueeze(1)), self.upsampler(mel),
+                                        None if source is None else source(x)))
 
     def gaussian(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 2, T) -> mu, log_sigma (B, T) each, log_sigma clamped below at cfg.log_scale_min."""
@@ -101,7 +105,7 @@ class Teacher(nn.Module):
         forces the PyTorch step.
         """
         cond = self.upsampler(mel)  # (B, n_mels, T)
-        source = self.source(f0, voicing)  # (B, S, T) or None
+        source = self.source(f0, voicing)
         batch, _, length = cond.shape
         eps = self.noise(batch, length, cond, generator)
         if compiled and eps is not None and compiled_loop.available(self.body, cond):
@@ -112,7 +116,7 @@ class Teacher(nn.Module):
         x_prev = torch.zeros(batch, 1, device=cond.device, dtype=cond.dtype)
         for t in range(length):
             params, cache = self.body.step(x_prev, cond[:, :, t], cache,
-                                           None if source is None else source[:, :, t])  # (B, P)
+                                           None if source is None else source(x, t, t + 1)[..., 0])  # (B, P)
             x_prev = self.sample_from(params.unsqueeze(-1), temperature, generator,
                                       None if eps is None else eps[:, t:t + 1])  # (B, 1)
             x[:, t] = x_prev[:, 0]
@@ -140,6 +144,6 @@ class Teacher(nn.Module):
             lo = max(0, t + 1 - field)
             inputs = shift_right(x[:, None, : t + 1])[..., lo:]  # (B, 1, <= R)
             params = self.body(inputs, cond[:, :, lo : t + 1],
-                               None if source is None else source[:, :, lo : t + 1])[..., -1:]  # (B, P, 1)
+                               None if source is None else source(x, lo, t + 1))[..., -1:]  # (B, P, 1)
             x[:, t] = self.sample_from(params, temperature, generator, None if eps is None else eps[:, t:t + 1])[:, 0]
         return x

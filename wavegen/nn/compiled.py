@@ -25,7 +25,9 @@ its own past and on the stage before, so the result is the same as running the s
 The state (ring buffers, last inputs, time) is explicit, and the conditioning is projected span by span,
 so a long utterance runs with bounded memory. A pitch-driven teacher's source enters span by span too: what
 it adds to the first layer (its 1x1 and that layer's dilated conv of it, both linear) is computed for the
-span ahead and added in the loop (`CompiledLoop._drive`). Tests check it against the PyTorch step and the
+span ahead and added in the loop (`CompiledLoop._drive`); a source that reads the waveform one pitch period
+back (`wavegen.nn.pitch_input.PitchInput`) is computed from the samples already drawn, so its spans are
+no longer than its shortest period allows. Tests check it against the PyTorch step and the
 naive generator. The numba kernels themselves live in `wavegen.nn.kernels`; this module packs the weights,
 plans the pipeline and drives it.
 """
@@ -39,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from wavegen.nn.pitch_input import PitchInput
 from wavegen.nn.wavenet import CausalWaveNet
 
 from wavegen.nn.kernels import GENERATE, INVERT, _project, _tick, numba  # noqa: F401 (GENERATE, INVERT: API)
@@ -135,9 +138,10 @@ class CompiledLoop:
         if any(body.source is not None for body in bodies) and len(bodies) != 1:
             raise ValueError("a compiled stack takes a source input only with one body")
         first = bodies[0].blocks[0].conv
+        # as time-major matrices: the 1x1 (S, R) and the dilated conv's taps (k, R, 2G), oldest first
         self.source_conv = None if bodies[0].source is None else (
-            bodies[0].source.weight.detach().float().clone(), first.weight.detach().float().clone(),
-            first.dilation[0], first.context)
+            np.ascontiguousarray(array(bodies[0].source.weight[:, :, 0]).T),
+            np.ascontiguousarray(array(first.weight).transpose(2, 1, 0)), first.dilation[0], first.context)
 
     @property
     def n_bodies(self) -> int:
@@ -196,26 +200,31 @@ class CompiledLoop:
             padded_pieces[w, :len(pieces[w])] = np.reshape(pieces[w], (-1, 3))
         return padded_items, padded_pieces
 
-    def _drive(self, source: Tensor | None, batch: int, lo: int, hi: int) -> np.ndarray:
+    def _drive(self, source: PitchInput | None, drawn: Tensor, batch: int, lo: int, hi: int) -> np.ndarray:
         """What a source adds to a body's first layer at samples [lo, hi): (B, hi - lo, R + 2G), the source's 1x1
         u_t (the residual stream's start) and the first dilated conv of u (with its past, zero before sample 0)
-        beside it; (B, 1, 0) without a source. Exact: the layer is linear in its input."""
+        beside it; (B, 1, 0) without a source. Exact: the layer is linear in its input. `drawn` (B, T): the
+        outputs, valid before `lo` (what a pitch lag reads)."""
         if source is None:
             return np.zeros((batch, 1, 0), np.float32)
-        source_w, conv_w, dilation, context = self.source_conv
+        source_w, taps, dilation, context = self.source_conv
         start = max(0, lo - context)
-        u = torch.nn.functional.conv1d(source[..., start:hi].float(), source_w)  # (B, R, hi - start)
-        u = torch.nn.functional.pad(u, (context - (lo - start), 0))  # zeros before sample 0
-        v = torch.nn.functional.conv1d(u, conv_w, dilation=dilation)  # (B, 2G, hi - lo), no bias (the loop adds it)
-        return np.ascontiguousarray(torch.cat([u[..., context:], v], 1).transpose(1, 2).numpy())
+        channels = source(drawn, start, hi).float().numpy().transpose(0, 2, 1)  # (B, hi - start, S)
+        u = np.zeros((batch, context + hi - lo, source_w.shape[1]), np.float32)  # zeros before sample 0
+        u[:, context - (lo - start):] = channels @ source_w  # (B, context + hi - lo, R)
+        n = hi - lo
+        v = sum(u[:, j * dilation: j * dilation + n] @ taps[j] for j in range(len(taps)))  # (B, n, 2G), no bias
+        return np.ascontiguousarray(np.concatenate([u[:, context:], v], -1))  # the loop adds the conv's bias
 
     def run(self, cond: Tensor, values: Tensor, mode: int, state: LoopState, temperature: float = 1.0,
-            progress: Callable[[int, int], None] | None = None, source: Tensor | None = None
+            progress: Callable[[int, int], None] | None = None, source: PitchInput | None = None
             ) -> tuple[Tensor, Tensor]:
         """cond (B, n_mels, T) upsampled conditioning, values (B, T) -> outputs, log_sigma (B, T).
 
-        `source` (B, S, T): a source-driven body's source signal for the same samples, from the start of the
-        sequence (a fresh state); each span's share of it is folded into the first layer (`_drive`).
+        `source`: a source-driven body's source for the same samples, from the start of the sequence (a fresh
+        state); each span's share of it, computed from the outputs of the spans before when it reads the
+        waveform (a pitch lag; spans then no longer than `source.span_limit`), is folded into the first layer
+        (`_drive`).
 
         mode GENERATE: values are eps, output x_t = clamp(mu + temperature * sigma * eps_t, -1, 1);
         mode INVERT: values are the stack's outputs, output (values_t - mu) / sigma, body after body.
@@ -235,6 +244,10 @@ class CompiledLoop:
         items, pieces = self.plan(batch, stages)
         columns = self.cond_w.shape[1]
         span = max(16, SPAN_VALUES // (batch * columns))
+        if source is not None and source.span_limit is not None:
+            if n_stages != 1:
+                raise ValueError("a source that reads the outputs runs in one stage")
+            span = min(span, source.span_limit)
         spans = -(-length // span)
         features = np.ascontiguousarray(cond.detach().float().numpy())  # read by scalars: no aligned copy
         # span i in slot i % (n_stages + 1); each slot's last row is `_project`'s scratch
@@ -242,11 +255,12 @@ class CompiledLoop:
         for b in range(batch):
             _project(features[b], self.cond_w, projected[0, b], 0, min(length, span), 0, columns)
         handed = np.empty((max(1, n_stages - 1), batch, length), np.float32)  # between stages
-        out = np.empty((batch, length), np.float32)
+        out = np.zeros((batch, length), np.float32)
+        drawn = torch.from_numpy(out)  # the same memory: what a pitch lag reads
         log_sigma = np.empty((batch, length), np.float32)
         values = np.ascontiguousarray(values.float().numpy())
         for tick in range(spans + n_stages - 1):
-            drive = self._drive(source, batch, tick * span, min(length, (tick + 1) * span))  # one stage if driven
+            drive = self._drive(source, drawn, batch, tick * span, min(length, (tick + 1) * span))  # one stage if driven
             _tick(mode, float(temperature), self.log_scale_min, tick, span, items, pieces, features, self.cond_w,
                   projected, values, stages, self.bounds, self.inputs, self.in_taps, self.conv_w, self.conv_b,
                   self.out_w, self.out_b, self.h1_w, self.h1_b, self.h2_w, self.h2_b, self.dilations, self.offsets,
@@ -257,7 +271,7 @@ class CompiledLoop:
         return torch.from_numpy(out), torch.from_numpy(log_sigma)
 
     def run_blocks(self, cond: Tensor, values: Tensor, mode: int, temperature: float = 1.0,
-                   progress: Callable[[int, int], None] | None = None, source: Tensor | None = None
+                   progress: Callable[[int, int], None] | None = None, source: PitchInput | None = None
                    ) -> tuple[Tensor, Tensor]:
         """`run` over a whole utterance from a fresh state."""
         return self.run(cond, values, mode, self.init_state(cond.shape[0]), temperature, progress, source)
