@@ -29,13 +29,30 @@ QUEUE_SIZE = 16
 CONCURRENCY = 2
 IMAGE_BUTTONS = ["download", "fullscreen"]  # no "share": it would send files to Hugging Face
 CACHE_AGE = 3600  # seconds an upload or a result stays on the server
-ABOUT = (
-    "**student**: a Gaussian inverse-autoregressive flow distilled from the teacher; it draws every "
-    "sample at once, in parallel. **teacher**: the autoregressive WaveNet it learned from; one sample "
-    "after another, so slow on a CPU. **Griffin-Lim**: no network, phase recovered iteratively from the "
-    "mel; a baseline.\n\n"
-    f"Uploads and results are deleted from the server after about {CACHE_AGE // 60} minutes."
-)
+
+
+def about(vocoder: Vocoder) -> str:
+    """What each model of this checkpoint is, from the checkpoint itself (its models and the student's training
+    settings), so the page stays true when the shipped models change."""
+    lines = []
+    student, teacher = vocoder.student, vocoder.teacher
+    if student is not None:
+        pitch = " on F0 read from the mel (harmonic-plus-noise first flow)" if student.source is not None else ""
+        how = {True: ", distilled from the teacher (probability density distillation, with spectral losses)",
+               False: ", trained on spectral losses against the recordings (not distilled from the teacher)",
+               None: ""}[vocoder.distilled]
+        lines.append(f"**student**: a Gaussian inverse-autoregressive flow{pitch}{how}; it draws every sample "
+                     "at once, in parallel.")
+    if teacher is not None:
+        reads = " and the waveform one pitch period back" if teacher.cfg.pitch_lag else ""
+        role = " the student learned from" if vocoder.distilled else ""
+        lines.append(f"**teacher**: the autoregressive WaveNet{role}, conditioned on the mel{reads}; one sample "
+                     "after another, so slow on a CPU.")
+    lines.append("**Griffin-Lim**: no network, phase recovered iteratively from the mel; a baseline.")
+    return (" ".join(lines) + "\n\n"
+            f"Uploads and results are deleted from the server after about {CACHE_AGE // 60} minutes.")
+
+
 CSS = """
 #notice { border-left: 4px solid var(--color-accent); padding-left: 12px; }
 #summary { min-height: 3em; }
@@ -68,7 +85,7 @@ def build_demo(vocoder: Vocoder, *, max_seconds: float = 30.0, teacher_max_secon
             gr.Markdown(f"⚠️ {notice}", elem_id="notice")
         with gr.Row(equal_height=False):
             with gr.Column():
-                audio_in, mel_in = input_panel(examples)
+                audio_in, mel_in = input_panel(examples, about(vocoder))
             with gr.Column():
                 model, temperature, pitch_shift, button = model_panel(vocoder, limits)
                 audio_out = gr.Audio(label="Output audio", type="numpy", interactive=False,
@@ -107,7 +124,7 @@ def introduction(vocoder: Vocoder, limits: Limits) -> str:
     )
 
 
-def input_panel(examples: list[Path]) -> tuple[gr.Audio, gr.File]:
+def input_panel(examples: list[Path], about_text: str) -> tuple[gr.Audio, gr.File]:
     audio_in = gr.Audio(label="Speech (upload or record)", type="filepath", sources=["upload", "microphone"],
                         buttons=["download"], elem_id="audio-in")
     with gr.Accordion("…or a log-mel spectrogram (.npy)", open=False, elem_id="mel-accordion"):
@@ -117,7 +134,7 @@ def input_panel(examples: list[Path]) -> tuple[gr.Audio, gr.File]:
         gr.Examples([[str(p)] for p in examples], inputs=[audio_in], cache_examples=False,
                     label="Held-out examples (Asterisk prompts, CC-BY-SA-3.0)", elem_id="examples",
                     example_labels=[p.stem for p in examples])
-    gr.Markdown(ABOUT, elem_id="about")
+    gr.Markdown(about_text, elem_id="about")
     return audio_in, mel_in
 
 

@@ -19,6 +19,29 @@ if "OMP_NUM_THREADS" not in os.environ:  # respect a limit set by whoever runs t
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--auto-precision", choices=["bf16", "fp32"], default=None,
+                     help="resolve the vocoder's precision='auto' to this in-process, whatever the CPU: run the suite "
+                          "on the path a CPU with (bf16) or without (fp32) native bf16 takes")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def auto_precision(request):
+    """With --auto-precision, every Vocoder built in-process with precision="auto" takes that path."""
+    forced = request.config.getoption("--auto-precision")
+    if forced is None:
+        yield
+        return
+    import wavegen.vocoder
+
+    resolve = wavegen.vocoder.resolve_precision
+    patch = pytest.MonkeyPatch()
+    patch.setattr(wavegen.vocoder, "resolve_precision",
+                  lambda precision, device: resolve(forced if precision == "auto" else precision, device))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny():
     return load_preset("tiny")

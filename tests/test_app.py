@@ -345,3 +345,32 @@ def test_browser_upload_vocode_and_download(served, tmp_path, tiny):
             browser.close()
     audio, rate = sf.read(tmp_path / "out.wav", dtype="int16")
     assert rate == tiny.audio.sample_rate and audio.shape == (expected_samples(wav, tiny),)
+
+
+def test_the_page_says_what_the_checkpoint_holds_and_how_its_student_was_trained(tiny_checkpoint, tmp_path):
+    """The description follows the checkpoint: a student trained with the KL is called distilled, the same
+    weights saved with a spectral-only recipe (distill.kl_weight 0, as in their file's preset) are not."""
+    import dataclasses
+    import shutil
+
+    from app.ui import about
+    from wavegen.checkpoint import export_model, import_model
+
+    distilled = Vocoder.load(tiny_checkpoint, device="cpu")
+    assert distilled.distilled  # the tiny preset distils with kl_weight 1
+    text = about(distilled)
+    assert "distilled from the teacher" in text and "the student learned from" in text
+    assert "one pitch period back" in text  # the tiny teacher reads the pitch lag
+    student, preset = import_model(tiny_checkpoint / "student.safetensors", "student")
+    spectral = dataclasses.replace(preset, distill=dataclasses.replace(preset.distill, kl_weight=0.0))
+    folder = tmp_path / "spectral"
+    folder.mkdir()
+    for kind in ("teacher", "pitch"):
+        shutil.copy(tiny_checkpoint / f"{kind}.safetensors", folder / f"{kind}.safetensors")
+    export_model(folder / "student.safetensors", student, "student", spectral)
+    plain = Vocoder.load(folder, device="cpu")
+    assert plain.distilled is False
+    text = about(plain)
+    assert "not distilled from the teacher" in text and "learned from" not in text
+    in_memory = Vocoder(distilled.audio, student=student, pitch=distilled.pitch_model, device="cpu")
+    assert in_memory.distilled is None and "distilled" not in about(in_memory)  # unknown: nothing claimed

@@ -220,12 +220,13 @@ def test_a_shifted_resynthesis_measures_as_shifted(factor):
 
 
 def test_inference_imports_neither_the_losses_nor_the_corpus_code():
-    """The vocoder and the app load what synthesis needs: the STFT distance lives in wavegen.audio."""
+    """The vocoder, the app and the evaluation load what synthesis needs: the STFT distance lives in
+    wavegen.audio, the file discovery evaluation shares with preprocessing in wavegen.files."""
     import subprocess
     import sys
 
-    code = ("import sys, app, wavegen.vocoder, wavegen.contour; "
-            "print(sorted(m for m in ('wavegen.losses', 'wavegen.data', 'wavegen.train') if m in sys.modules))")
+    code = ("import sys, app, wavegen.vocoder, wavegen.contour, wavegen.evaluate; print(sorted(m for m in "
+            "('wavegen.losses', 'wavegen.data', 'wavegen.train', 'wavegen.stages') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

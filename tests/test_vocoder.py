@@ -232,10 +232,17 @@ def test_the_student_runs_on_a_given_or_shifted_contour_and_refuses_bad_ones(voc
     same = vocoder.synthesize(mel, z=z, f0=f0)
     assert torch.equal(same, vocoder.synthesize(mel, z=z, f0=f0.numpy()))
     assert not torch.equal(same, vocoder.synthesize(mel, z=z, f0=f0, pitch_shift=1.5))
-    for bad_f0, shift, message in ((f0, 2.5, "pitch shift"), (f0[:4], 1.0, "one per mel frame"),
-                                   (-f0, 1.0, "non-negative")):
-        with pytest.raises(PitchError, match=message):
-            vocoder.synthesize(mel, f0=bad_f0, pitch_shift=shift)
+    nan = f0.clone()
+    nan[2] = float("nan")
+    ceiling = vocoder.pitch_model.cfg.f0_max
+    for model in ("student", "teacher"):  # both are pitch-driven: the same one-line errors
+        for bad_f0, shift, message in ((f0, 2.5, "pitch shift"), (f0[:4], 1.0, "one per mel frame"),
+                                       (-f0, 1.0, "non-negative"), (nan, 1.0, "finite"),
+                                       (f0 * ceiling / 100, 1.0, "above this checkpoint's F0 range"),
+                                       (f0 * ceiling / 200, 2.0, "above this checkpoint's F0 range")):
+            with pytest.raises(PitchError, match=message) as refused:
+                vocoder.synthesize(mel, model, f0=bad_f0, pitch_shift=shift)
+            assert "\n" not in str(refused.value)
     with pytest.raises(PitchError, match="the griffin-lim reads F0 from the mel alone"):  # refused, not ignored
         vocoder.synthesize(mel, "griffin-lim", pitch_shift=1.25)
 

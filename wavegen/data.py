@@ -32,50 +32,19 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 from tqdm import tqdm
 
-from wavegen.audio import (AUDIO_EXTENSIONS, DEFAULT_LABELLER, AudioError, atomic_write, check_labeller, load_audio,
+from wavegen.audio import (DEFAULT_LABELLER, AudioError, atomic_write, check_labeller, load_audio,
                            log_mel, pitch_labels)
 from wavegen.config import AudioConfig
+from wavegen.files import CorpusError, discover  # noqa: F401 (CorpusError: the training side's error too)
 
 HELDOUT_MODULUS = 20  # one file in 20 is held out for validation
 HELDOUT_LIST = "heldout.txt"  # a corpus may pin its own split: one relative path per line
 MANIFEST = "manifest.json"
 
 
-class CorpusError(ValueError):
-    """The corpus or preprocessed folder cannot be used."""
-
-
 def is_heldout(key: str, modulus: int = HELDOUT_MODULUS) -> bool:
     """The deterministic split rule: held out when int(md5(key)[:8], 16) % modulus == 0."""
     return int(hashlib.md5(key.encode("utf-8")).hexdigest()[:8], 16) % modulus == 0
-
-
-def discover(corpus: str | Path) -> list[tuple[str, Path]]:
-    """(key, path) for every audio file of a corpus; key is the path relative to the corpus root."""
-    corpus = Path(corpus)
-    if corpus.is_file():
-        root = corpus.parent
-        lines = [ln.strip() for ln in corpus.read_text().splitlines()]
-        paths = [Path(ln) if Path(ln).is_absolute() else root / ln for ln in lines if ln and not ln.startswith("#")]
-    elif (corpus / "metadata.csv").is_file() and (corpus / "wavs").is_dir():
-        root = corpus
-        ids = [ln.split("|", 1)[0].strip() for ln in (corpus / "metadata.csv").read_text().splitlines()]
-        paths = [corpus / "wavs" / f"{i}.wav" for i in ids if i]
-    elif corpus.is_dir():
-        root = corpus
-        paths = sorted(p for p in corpus.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-    else:
-        raise CorpusError(f"{corpus}: no such corpus (a folder, an LJSpeech folder or a file list)")
-    if not paths:
-        raise CorpusError(f"{corpus}: no audio files found ({', '.join(AUDIO_EXTENSIONS)})")
-    return [(_key(p, root), p) for p in paths]
-
-
-def _key(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix().lstrip("/")
 
 
 def utterance_id(key: str) -> str:

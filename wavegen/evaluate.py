@@ -21,7 +21,7 @@ import torch
 from wavegen.audio import (AUDIO_EXTENSIONS, AudioError, load_audio, log_mel, pitch_labels, resample, save_audio,
                            stft_distance)
 from wavegen.config import AudioConfig
-from wavegen.data import discover
+from wavegen.files import discover
 from wavegen.refine import REFINE_SMOOTHING, REFINE_STEPS
 from wavegen.vocoder import Vocoder
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from wavegen.audio import MelFrontend, check_mel, mel_filterbank
 from wavegen.checkpoint import CheckpointError, import_model
-from wavegen.config import AudioConfig, Preset
+from wavegen.config import AudioConfig, DistillConfig, PitchConfig, Preset
 from wavegen.models import Student, Teacher
 from wavegen.models.pitch import PitchPredictor, voiced
 from wavegen.models.teacher import Progress
@@ -111,8 +111,11 @@ class Vocoder:
 
     def __init__(self, audio: AudioConfig, teacher: Teacher | None = None, student: Student | None = None,
                  device: str | torch.device = "auto", chunk_frames: int | None = None, precision: str = "auto",
-                 pitch: PitchPredictor | None = None):
+                 pitch: PitchPredictor | None = None, student_training: DistillConfig | None = None):
+        """`student_training`: the distillation settings the student was trained with (its file's preset), so
+        that what is said about it (`distilled`) follows the checkpoint; None when unknown."""
         self.audio = audio
+        self.student_training = student_training
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.chunk_frames = chunk_frames or CHUNK_FRAMES
@@ -134,11 +137,12 @@ class Vocoder:
         """Load `teacher.safetensors` and/or `student.safetensors` (and `pitch.safetensors`, the F0
         predictor a pitch-driven student needs) from a checkpoint folder."""
         folder = resolve_checkpoint(path_or_name)
-        models, audio = {}, None
+        models, presets, audio = {}, {}, None
         for kind in ("teacher", "student", "pitch"):
             path = folder / f"{kind}.safetensors"
             if path.exists():
                 models[kind], preset = import_model(path, kind)
+                presets[kind] = preset
                 if audio is not None and preset.audio != audio:
                     raise CheckpointError(f"{folder}: teacher and student use different mel conventions")
                 audio = preset.audio
@@ -148,7 +152,15 @@ class Vocoder:
         if student is not None and student.source is not None and "pitch" not in models:
             raise CheckpointError(f"{folder}: the student is pitch-driven but the folder has no pitch.safetensors")
         return cls(audio, models.get("teacher"), student, device=device, precision=precision,
-                   pitch=models.get("pitch"))
+                   pitch=models.get("pitch"), student_training=presets["student"].distill if student else None)
+
+    @property
+    def distilled(self) -> bool | None:
+        """Whether the student learned from a teacher (density distillation, `distill.kl_weight` > 0) rather than
+        from spectral losses alone; None without a student or when its training is unknown."""
+        if self.student is None or self.student_training is None:
+            return None
+        return self.student_training.kl_weight > 0
 
     @property
     def available_models(self) -> list[str]:
@@ -204,6 +216,10 @@ class Vocoder:
                 raise PitchError(f"f0 must hold {mel.shape[-1]} finite non-negative values per row (one per mel "
                                  f"frame), got shape {tuple(contour.shape)}")
             voicing = (contour > 0).float()
+        ceiling = (self.pitch_model.cfg if self.pitch_model is not None else PitchConfig()).f0_max
+        if contour.numel() and float(contour.max()) * pitch_shift > ceiling:
+            raise PitchError(f"f0 times the pitch shift reaches {float(contour.max()) * pitch_shift:.0f} Hz, above "
+                             f"this checkpoint's F0 range (up to {ceiling:g} Hz)")
         return Contour(contour * pitch_shift, voicing, f0 is not None or pitch_shift != 1.0)
 
     @torch.inference_mode()

@@ -211,7 +211,7 @@ class HarmonicNoise(nn.Module):
         """(B, n_mels, F) log-gains that bring the expected log-mel of the output (`expected_log_mel` of amp,
         taps, f0) to the conditioning mel: one correction step, which the flow then applies to both
         envelopes. The envelope read-out is a smoothed, time-blurred guess of the levels; switched on at inference
-        in the sixth session's student (21 held-out files, two seeds each, aiming 0.22 nat below the mel for what
+        in student v4 (2026-12-01; 21 held-out files, two seeds each, aiming 0.22 nat below the mel for what
         its WaveNet flows had learnt to add) this step alone took PESQ-wb from 2.30 to 2.41.
 
         Retuned, the mel's low bands ripple at the old F0 and the harmonics no longer line up with it, so both
