@@ -222,11 +222,12 @@ def cmd_pitch(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from wavegen.evaluate import evaluate, reference_files
+    from wavegen.evaluate import breakdown, evaluate, reference_voices
     from wavegen.vocoder import Vocoder
 
     vocoder = Vocoder.load(args.checkpoint, device=args.device, precision=args.precision)
-    files = reference_files(args.reference)[: args.limit]
+    voices = reference_voices(args.reference)
+    files = list(voices)[: args.limit]
     models = list(dict.fromkeys([args.model, "griffin-lim"]))
     failed: list[Path] = []
 
@@ -241,14 +242,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report["files"] = len(files) - len(failed)
     report["temperature"] = args.temperature
     report["refine_steps"], report["refine_smoothing"] = args.refine_steps, args.refine_smoothing
+    if args.model != "griffin-lim":
+        report["breakdown"] = breakdown(report, {str(p): v for p, v in voices.items()}, args.model)
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
     names = list(report[models[0]]["median"])
-    print(f"median over {len(files)} file(s)   " + "  ".join(f"{n:>13}" for n in names))
+    print(f"median over {report['files']} file(s)   " + "  ".join(f"{n:>13}" for n in names))
     for model in models:
         print(f"{model:<28}" + "  ".join(f"{report[model]['median'][n]:>13.4f}" for n in names))
+    if "breakdown" in report:
+        print_breakdown(report["breakdown"], args.model)
     return 0
+
+
+def print_breakdown(table: dict, model: str, baseline: str = "griffin-lim") -> None:
+    """The per-voice and per-F0-band medians and the files where `model` loses to `baseline` on PESQ-wb."""
+    for kind, title in (("voice", "voice"), ("f0_band", "median F0 of the reference")):
+        print(f"\nby {title}: PESQ-wb / STOI / MR-STFT, {model} vs {baseline} (losses on PESQ-wb)")
+        for name, row in table[kind].items():
+            ours, theirs = row[model], row[baseline]
+            print(f"  {name:<22} {row['files']:>4} files  " + "  ".join(
+                f"{ours[m]:.3f} vs {theirs[m]:.3f}" for m in ("pesq_wb", "stoi", "stft")) + f"  ({row['losses']} lost)")
+    losses = table["losses"]
+    print(f"\n{model} loses to {baseline} on PESQ-wb in {len(losses)} file(s)" + (":" if losses else ""))
+    for row in losses:
+        print(f"  {row[model]:.3f} vs {row[baseline]:.3f}  {row['file']}")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

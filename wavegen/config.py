@@ -224,9 +224,13 @@ class DistillConfig:
     stft_ffts: tuple[int, ...] = (512, 1024, 2048)
     mel_weight: float = 0.0  # weight of a log-mel L1 between the student's output and its conditioning mel
     f0_source: str = "labels"  # a pitch-driven student's F0 in training: the corpus's labels or "predictor"
+    # the teacher's density tempered for the KL: p's sigma times this (still a Gaussian), < 1 to distil a teacher
+    # whose noise floor is above the recordings' toward a cleaner sample
+    teacher_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stft_ffts", tuple(int(n) for n in self.stft_ffts))
+        _require(self.teacher_temperature > 0, "distill.teacher_temperature must be positive")
         _require(self.f0_source in ("labels", "predictor"),
                  f"distill.f0_source must be 'labels' or 'predictor', got {self.f0_source!r}")
         _require(self.kl_weight >= 0 and self.stft_weight >= 0 and self.log_scale_reg >= 0 and self.mel_weight >= 0,

@@ -22,6 +22,7 @@ from wavegen.audio import (AUDIO_EXTENSIONS, AudioError, load_audio, log_mel, pi
                            stft_distance)
 from wavegen.config import AudioConfig
 from wavegen.files import discover
+from wavegen.nn.hifigan import HiFiGANGenerator
 from wavegen.refine import REFINE_SMOOTHING, REFINE_STEPS
 from wavegen.vocoder import Vocoder
 
@@ -37,10 +38,13 @@ def mel_cepstral_distortion(ref_mel: np.ndarray, syn_mel: np.ndarray) -> float:
     return float(np.mean(MCD_SCALE * np.sqrt(np.sum((ref - syn) ** 2, axis=0))))
 
 
-def pitch_errors(ref: np.ndarray, syn: np.ndarray, audio: AudioConfig) -> dict[str, float]:
-    """F0 of the resynthesis against the reference's, both from `pitch_labels`: log-F0 RMSE and median
-    |error| in cents over frames voiced in both, and the voicing decision error (fraction of frames)."""
-    f0_ref, f0_syn = pitch_labels(ref, audio), pitch_labels(syn, audio)
+def pitch_errors(ref: np.ndarray, syn: np.ndarray, audio: AudioConfig, f0_ref: np.ndarray | None = None
+                 ) -> dict[str, float]:
+    """F0 of the resynthesis against the reference's, both from `pitch_labels` (`f0_ref`: the reference's, if
+    known): log-F0 RMSE and median |error| in cents over frames voiced in both, and the voicing decision error
+    (fraction of frames)."""
+    f0_ref = pitch_labels(ref, audio) if f0_ref is None else f0_ref
+    f0_syn = pitch_labels(syn, audio)
     voiced_ref, voiced_syn = f0_ref > 0, f0_syn > 0
     both = voiced_ref & voiced_syn
     cents = 1200 * np.log2(f0_syn[both] / f0_ref[both])
@@ -49,8 +53,10 @@ def pitch_errors(ref: np.ndarray, syn: np.ndarray, audio: AudioConfig) -> dict[s
             "vde": float(np.mean(voiced_ref != voiced_syn))}
 
 
-def resynthesis_metrics(ref: np.ndarray, syn: np.ndarray, audio: AudioConfig) -> dict[str, float]:
-    """All metrics of one resynthesis; ref and syn (T,) float32 at audio.sample_rate, same length."""
+def resynthesis_metrics(ref: np.ndarray, syn: np.ndarray, audio: AudioConfig, f0_ref: np.ndarray | None = None
+                        ) -> dict[str, float]:
+    """All metrics of one resynthesis; ref and syn (T,) float32 at audio.sample_rate, same length (`f0_ref`: the
+    reference's F0 labels, if known)."""
     from pesq import PesqError, pesq
     from pystoi import stoi
 
@@ -67,17 +73,34 @@ def resynthesis_metrics(ref: np.ndarray, syn: np.ndarray, audio: AudioConfig) ->
         "mcd_db": mel_cepstral_distortion(ref_mel, syn_mel),
         "pesq_wb": pesq_wb,
         "stoi": float(stoi(ref16, syn16, METRIC_RATE, extended=False)),
-        **pitch_errors(ref, syn, audio),
+        **pitch_errors(ref, syn, audio, f0_ref),
     }
+
+
+F0_BANDS = ((0.0, 120.0), (120.0, 200.0), (200.0, math.inf))  # Hz: a reference's median F0 puts it in one
 
 
 def reference_files(corpus: str | Path) -> list[Path]:
     """The reference files: one audio file, or a corpus as `wavegen preprocess` takes it (a folder,
     an LJSpeech folder, or a text file listing paths, such as a corpus's heldout.txt)."""
+    return list(reference_voices(corpus))
+
+
+def reference_voices(corpus: str | Path) -> dict[Path, str]:
+    """The reference files and each one's voice: the first folder of its path in the corpus (the Asterisk
+    recipe's voice folders, `en_US_f_Allison/...`), or "-" for files at the corpus's top level."""
     corpus = Path(corpus)
     if corpus.suffix.lower() in AUDIO_EXTENSIONS:
-        return [corpus]
-    return [path for _, path in discover(corpus)]
+        return {corpus: "-"}
+    return {path: key.split("/", 1)[0] if "/" in key else "-" for key, path in discover(corpus)}
+
+
+def f0_band(f0_hz: float) -> str:
+    """A median F0's band name, e.g. "120-200 Hz" ("unvoiced" for NaN: no voiced frame)."""
+    for lo, hi in F0_BANDS:
+        if lo <= f0_hz < hi:
+            return f"< {hi:g} Hz" if lo == 0 else (f"> {lo:g} Hz" if hi == math.inf else f"{lo:g}-{hi:g} Hz")
+    return "unvoiced"
 
 
 def listening_name(path: Path, model: str) -> str:
@@ -97,6 +120,7 @@ def evaluate(vocoder: Vocoder, files: list[Path], models: list[str], seed: int =
     """
     rate, hop = vocoder.audio.sample_rate, vocoder.audio.hop_length
     per_model: dict[str, dict[str, dict[str, float]]] = {m: {} for m in models}
+    references: dict[str, float] = {}
     for path in files:
         try:
             wav = load_audio(path, rate)
@@ -106,13 +130,38 @@ def evaluate(vocoder: Vocoder, files: list[Path], models: list[str], seed: int =
             if on_error is not None:
                 on_error(path, exc)
             continue
+        f0_ref = pitch_labels(wav, vocoder.audio)
+        references[str(path)] = float(np.median(f0_ref[f0_ref > 0])) if (f0_ref > 0).any() else math.nan
         for model in models:
             syn = vocoder.synthesize(mel, model, temperature=temperature, seed=seed,
                                      refine_steps=refine_steps, refine_smoothing=refine_smoothing)[0].numpy()
             if save_to is not None:
                 save_audio(Path(save_to) / listening_name(path, model), syn, rate)
-            per_model[model][str(path)] = resynthesis_metrics(wav, syn, vocoder.audio)  # names repeat across voices
-    return {m: {"files": rows, "median": _medians(rows)} for m, rows in per_model.items()}
+            # keyed by the whole path: names repeat across voices
+            per_model[model][str(path)] = resynthesis_metrics(wav, syn, vocoder.audio, f0_ref)
+    report = {m: {"files": rows, "median": _medians(rows)} for m, rows in per_model.items()}
+    return {**report, "reference_f0_hz": references}
+
+
+def breakdown(report: dict, voices: dict[str, str], model: str, baseline: str = "griffin-lim",
+              metrics: tuple[str, ...] = ("pesq_wb", "stoi", "stft")) -> dict:
+    """Where `model` stands against `baseline` in an `evaluate` report, beyond the medians: the files where it
+    loses on PESQ-wb (lower) and the medians of `metrics` per voice (`voices`: {file: voice}) and per band of
+    the reference's median F0 (`F0_BANDS`), for both. A regression on one kind of voice shows here even when the
+    overall median moves up."""
+    ours, theirs = report[model]["files"], report[baseline]["files"]
+    losses = sorted((path for path in ours if ours[path]["pesq_wb"] < theirs[path]["pesq_wb"]),
+                    key=lambda path: ours[path]["pesq_wb"] - theirs[path]["pesq_wb"])
+    groups: dict[str, dict[str, list[str]]] = {"voice": {}, "f0_band": {}}
+    for path in ours:
+        groups["voice"].setdefault(voices.get(path, "-"), []).append(path)
+        groups["f0_band"].setdefault(f0_band(report["reference_f0_hz"][path]), []).append(path)
+    tables = {kind: {name: {"files": len(paths), "losses": sum(path in losses for path in paths),
+                            **{who: _medians({p: {m: rows[p][m] for m in metrics} for p in paths})
+                               for who, rows in ((model, ours), (baseline, theirs))}}
+                     for name, paths in sorted(by.items())} for kind, by in groups.items()}
+    return {"losses": [{"file": path, model: ours[path]["pesq_wb"], baseline: theirs[path]["pesq_wb"]}
+                       for path in losses], **tables}
 
 
 def _medians(rows: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -257,6 +306,12 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
                    f"first {length} samples, receptive field recomputed each step; extrapolated linearly")
         elapsed, peak = timed(lambda: vocoder.synthesize(mel, "griffin-lim"), repeats)
         record("griffin-lim", total, elapsed, peak, "32 iterations")
+        if vocoder.audio.hop_length % 64 == 0:  # a peer: the fastest GAN vocoder of its class, same mel
+            peer = HiFiGANGenerator(vocoder.audio.n_mels, vocoder.audio.hop_length).to(vocoder.device).eval()
+            peer(mel[..., :8])  # warm-up
+            elapsed, peak = timed(lambda: peer(mel), repeats)
+            record("hifigan_v3_peer", total, elapsed, peak, "HiFi-GAN V3-sized generator, RANDOM weights: speed only, "
+                   f"float32, {sum(p.numel() for p in peer.parameters()) / 1e6:.2f} M parameters")
     ceilings = {"fp32": gemm_ceiling()}
     if vocoder.device.type == "cpu" and vocoder.precision == "bf16":
         ceilings["bf16"] = gemm_ceiling(dtype=torch.bfloat16)
@@ -269,7 +324,8 @@ def benchmark(vocoder: Vocoder, seconds: float = 5.0, teacher_seconds: float = 0
         report["student_gflops"] = achieved
         report["student_mflop_per_sample"] = flops / 1e6
         report["student_fraction_of_ceiling"] = achieved / ceilings[vocoder.precision]  # its own arithmetic's
-        for other in ("student_fp32", "teacher_cached", "teacher_cached_pytorch", "teacher_naive", "griffin-lim"):
+        for other in ("student_fp32", "teacher_cached", "teacher_cached_pytorch", "teacher_naive", "griffin-lim",
+                      "hifigan_v3_peer"):
             if other in rows:
                 report[f"speedup_student_vs_{other}"] = rows["student"]["samples_per_s"] / rows[other]["samples_per_s"]
     for fast, slow in (("teacher_cached", "teacher_cached_pytorch"), ("teacher_cached", "teacher_naive"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torchaudio
 from torch import Tensor, nn
@@ -128,7 +130,7 @@ def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = No
             return x, None
         pitch = {"f0": f0, "voicing": voicing} if teacher.pitch_driven else {}  # the student's own contour
         mu_p, log_sigma_p = teacher.gaussian(teacher.params(x, mel, **pitch))
-        return x, (mu_q, log_sigma_q, mu_p, log_sigma_p)
+        return x, (mu_q, log_sigma_q, mu_p, log_sigma_p + math.log(cfg.teacher_temperature))
 
     def loss(model: nn.Module, wav: Tensor, mel: Tensor, f0: Tensor) -> dict[str, Tensor]:
         teacher.to(mel.device)
