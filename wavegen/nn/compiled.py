@@ -44,7 +44,7 @@ from torch import Tensor
 from wavegen.nn.pitch_input import PitchInput
 from wavegen.nn.wavenet import CausalWaveNet
 
-from wavegen.nn.kernels import GENERATE, INVERT, _project, _tick, numba  # noqa: F401 (GENERATE, INVERT: API)
+from wavegen.nn.kernels import GENERATE, INVERT, _pitch_drive, _project, _tick, numba  # noqa: F401 (API)
 CACHE_LINE = 64  # bytes
 SPAN_VALUES = 2**18  # projected conditioning values per span and stage (float32: 1 MB, cache-resident)
 # The conditioning projection of one layer costs about this fraction of the loop's layer step
@@ -139,9 +139,12 @@ class CompiledLoop:
             raise ValueError("a compiled stack takes a source input only with one body")
         first = bodies[0].blocks[0].conv
         # as time-major matrices: the 1x1 (S, R) and the dilated conv's taps (k, R, 2G), oldest first
-        self.source_conv = None if bodies[0].source is None else (
-            np.ascontiguousarray(array(bodies[0].source.weight[:, :, 0]).T),
-            np.ascontiguousarray(array(first.weight).transpose(2, 1, 0)), first.dilation[0], first.context)
+        self.source_conv = None
+        if bodies[0].source is not None:
+            source_w = np.ascontiguousarray(array(bodies[0].source.weight[:, :, 0]).T)  # (S, R)
+            taps = array(first.weight).transpose(2, 1, 0)  # (k, R, 2G)
+            folded = np.ascontiguousarray(np.einsum("sr,krg->ksg", source_w, taps))  # the conv of u as one of s
+            self.source_conv = (source_w, folded, first.dilation[0], first.context)
 
     @property
     def n_bodies(self) -> int:
@@ -200,21 +203,18 @@ class CompiledLoop:
             padded_pieces[w, :len(pieces[w])] = np.reshape(pieces[w], (-1, 3))
         return padded_items, padded_pieces
 
-    def _drive(self, source: PitchInput | None, drawn: Tensor, batch: int, lo: int, hi: int) -> np.ndarray:
+    def _drive(self, arrays: tuple | None, drawn: np.ndarray, batch: int, lo: int, hi: int) -> np.ndarray:
         """What a source adds to a body's first layer at samples [lo, hi): (B, hi - lo, R + 2G), the source's 1x1
         u_t (the residual stream's start) and the first dilated conv of u (with its past, zero before sample 0)
-        beside it; (B, 1, 0) without a source. Exact: the layer is linear in its input. `drawn` (B, T): the
-        outputs, valid before `lo` (what a pitch lag reads)."""
-        if source is None:
+        beside it; (B, 1, 0) without a source. Exact: the layer is linear in its input. `arrays`: the source's
+        (`PitchInput.arrays`); `drawn` (B, T): the outputs, valid before `lo` (what a pitch lag reads)."""
+        if arrays is None:
             return np.zeros((batch, 1, 0), np.float32)
-        source_w, taps, dilation, context = self.source_conv
-        start = max(0, lo - context)
-        channels = source(drawn, start, hi).float().numpy().transpose(0, 2, 1)  # (B, hi - start, S)
-        u = np.zeros((batch, context + hi - lo, source_w.shape[1]), np.float32)  # zeros before sample 0
-        u[:, context - (lo - start):] = channels @ source_w  # (B, context + hi - lo, R)
-        n = hi - lo
-        v = sum(u[:, j * dilation: j * dilation + n] @ taps[j] for j in range(len(taps)))  # (B, n, 2G), no bias
-        return np.ascontiguousarray(np.concatenate([u[:, context:], v], -1))  # the loop adds the conv's bias
+        source_w, folded, dilation, context = self.source_conv
+        out = np.empty((batch, hi - lo, source_w.shape[1] + folded.shape[2]), np.float32)
+        scratch = np.empty((context + hi - lo, source_w.shape[0]), np.float32)
+        _pitch_drive(drawn, *arrays, source_w, folded, dilation, context, lo, hi, scratch, out)  # no conv bias:
+        return out  # the loop adds it
 
     def run(self, cond: Tensor, values: Tensor, mode: int, state: LoopState, temperature: float = 1.0,
             progress: Callable[[int, int], None] | None = None, source: PitchInput | None = None
@@ -255,12 +255,12 @@ class CompiledLoop:
         for b in range(batch):
             _project(features[b], self.cond_w, projected[0, b], 0, min(length, span), 0, columns)
         handed = np.empty((max(1, n_stages - 1), batch, length), np.float32)  # between stages
-        out = np.zeros((batch, length), np.float32)
-        drawn = torch.from_numpy(out)  # the same memory: what a pitch lag reads
+        out = np.zeros((batch, length), np.float32)  # what a pitch lag reads, as it is drawn
+        arrays = None if source is None else source.arrays()
         log_sigma = np.empty((batch, length), np.float32)
         values = np.ascontiguousarray(values.float().numpy())
         for tick in range(spans + n_stages - 1):
-            drive = self._drive(source, drawn, batch, tick * span, min(length, (tick + 1) * span))  # one stage if driven
+            drive = self._drive(arrays, out, batch, tick * span, min(length, (tick + 1) * span))  # one stage if driven
             _tick(mode, float(temperature), self.log_scale_min, tick, span, items, pieces, features, self.cond_w,
                   projected, values, stages, self.bounds, self.inputs, self.in_taps, self.conv_w, self.conv_b,
                   self.out_w, self.out_b, self.h1_w, self.h1_b, self.h2_w, self.h2_b, self.dilations, self.offsets,

@@ -248,6 +248,40 @@ def _tick_py(mode, temperature, log_scale_min, tick, span, items, pieces, featur
                          min(length, lo + span), piece[1], piece[2])
 
 
+def _pitch_drive_py(drawn, fixed, back, weight, voicing, source_w, folded, dilation, context, lo, hi, s, out
+                    ):  # pragma: no cover - compiled below
+    """What a pitch-driven body's source adds to its first layer at samples [lo, hi) (`CompiledLoop._drive`), from
+    the outputs drawn so far: per sample t the source channels s_t (`wavegen.nn.pitch_input.PitchInput`, in its
+    order: the `fixed` harmonic channels, v_t (x[t - back] (1 - w) + x[t - back + 1] w) for each lag tap, then
+    v_t), u_t = s_t @ source_w (R) and the first dilated conv of u, folded into the source:
+    sum_j s_(t - (k - 1 - j) d) @ folded[j] (2G). drawn (B, T); fixed (B, H, T); back, weight (B, L, T); voicing
+    (B, T); source_w (S, R); folded (k, S, 2G); s (context + hi - lo, S) scratch; out (B, hi - lo, R + 2G)."""
+    n_fixed, n_taps, width = fixed.shape[1], back.shape[1], source_w.shape[0]
+    residual, kernel = source_w.shape[1], folded.shape[0]
+    for b in range(drawn.shape[0]):
+        for i in range(context + hi - lo):
+            t = lo - context + i
+            if t < 0:
+                s[i, :] = 0.0
+                continue
+            for c in range(n_fixed):
+                s[i, c] = fixed[b, c, t]
+            v = voicing[b, t]
+            for j in range(n_taps):
+                first = t - back[b, j, t]
+                w = weight[b, j, t]
+                a = drawn[b, first] if first >= 0 else np.float32(0.0)
+                c2 = drawn[b, first + 1] if first + 1 >= 0 else np.float32(0.0)
+                s[i, n_fixed + j] = v * (a * (np.float32(1.0) - w) + c2 * w)
+            s[i, width - 1] = v
+        for i in range(hi - lo):
+            row = out[b, i]
+            row[:] = 0.0
+            _matvec_add(s[context + i], source_w, row[:residual])
+            for j in range(kernel):
+                _matvec_add(s[context + i - (kernel - 1 - j) * dilation], folded[j], row[residual:])
+
+
 if numba is not None:
     _exp_into = numba.njit(cache=True, fastmath=True, inline="always")(_exp_into_py)
     _matvec_add = numba.njit(cache=True, fastmath=True, inline="always")(_matvec_add_py)
@@ -255,5 +289,6 @@ if numba is not None:
     _scratch = numba.njit(cache=True)(_scratch_py)
     _project = numba.njit(cache=True, fastmath=True, nogil=True)(_project_py)
     _tick = numba.njit(cache=True, parallel=True, nogil=True)(_tick_py)
+    _pitch_drive = numba.njit(cache=True, fastmath=True)(_pitch_drive_py)
 else:
-    _exp_into = _matvec_add = _body_step = _scratch = _project = _tick = None
+    _exp_into = _matvec_add = _body_step = _scratch = _project = _tick = _pitch_drive = None

@@ -19,6 +19,7 @@ Generation computes the channels span by span from the samples already drawn, sp
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -61,6 +62,18 @@ class PitchInput:
             self.back = torch.ceil(distance)
             self.weight = self.back - distance
             self.back = self.back.long()
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The same channels' makings as contiguous numpy arrays for the compiled loop (`kernels._pitch_drive`):
+        harmonic channels (B, 2H, T) float32, lag distances and weights (B, 3, T) int64 / float32 (empty (B, 0, T)
+        without a lag), voicing (B, T) float32."""
+        batch, length = self.voicing.shape
+
+        def plain(t: Tensor | None, dtype) -> np.ndarray:
+            empty = np.zeros((batch, 0, length), dtype)
+            return empty if t is None else np.ascontiguousarray(t.detach().cpu().numpy().astype(dtype))
+        return (plain(self.harmonics, np.float32), plain(self.back, np.int64), plain(self.weight, np.float32),
+                np.ascontiguousarray(self.voicing.detach().cpu().numpy().astype(np.float32)))
 
     @property
     def span_limit(self) -> int | None:
