@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import wavegen.vocoder as wavegen_vocoder  # resolve_precision looked up when called: --auto-precision patches it
 from tests.conftest import write_tone_corpus
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -124,11 +125,14 @@ def test_vocode_with_an_f0_file_round_trips_the_pitch_command(tmp_path, tiny_che
     contour = read_contour(csv_file)
     contour[contour > 0] = 180.0  # an edited melody: flat 180 Hz where voiced
     np.save(tmp_path / "flat.npy", contour)
+    # the API's student and the command's on the same device and arithmetic: precision="auto" is bf16 on CPUs with
+    # native bf16 (and under --auto-precision bf16, which reaches this process only), fp32 elsewhere
+    vocoder = Vocoder.load(tiny_checkpoint, device="cpu")
     runs = {"csv": ("--f0", csv_file), "folder": ("--f0", tmp_path / "f0"), "npy": ("--f0", tmp_path / "flat.npy")}
     for name, args in runs.items():
-        result = wavegen("vocode", source, "-o", tmp_path / name, "--checkpoint", tiny_checkpoint, "--seed", "0", *args)
+        result = wavegen("vocode", source, "-o", tmp_path / name, "--checkpoint", tiny_checkpoint, "--seed", "0",
+                         "--device", "cpu", "--precision", vocoder.precision, *args)
         assert result.returncode == 0, result.stderr
-    vocoder = Vocoder.load(tiny_checkpoint, device="cpu")
     mel = vocoder.mel(load_audio(source, tiny.audio.sample_rate))
     for name, f0 in (("csv", read_contour(csv_file)), ("npy", contour)):
         expected = vocoder.synthesize(mel, f0=f0, seed=0)[0].numpy()
@@ -164,8 +168,12 @@ def test_vocode_pitch_shift_measures_as_shifted(tmp_path):
     tone = sum(0.5 / k * np.sin(2 * np.pi * k * 140.0 * t) for k in range(1, 9))
     (tmp_path / "in").mkdir()
     sf.write(tmp_path / "in" / "tone.wav", (0.5 * tone / np.abs(tone).max()).astype(np.float32), audio.sample_rate)
+    # the CPU path auto takes here (bf16 with native bf16), or the one --auto-precision names: the subprocess
+    # would not see that option
+    precision = wavegen_vocoder.resolve_precision("auto", torch.device("cpu"))
     for name, shift in (("plain", "1.0"), ("up", "1.25")):
-        result = wavegen("vocode", tmp_path / "in", "-o", tmp_path / name, "--seed", "0", "--pitch-shift", shift)
+        result = wavegen("vocode", tmp_path / "in", "-o", tmp_path / name, "--seed", "0", "--pitch-shift", shift,
+                         "--device", "cpu", "--precision", precision)
         assert result.returncode == 0, result.stderr
     plain, up = (pitch_labels(load_audio(tmp_path / n / "tone.wav", audio.sample_rate), audio) for n in ("plain", "up"))
     both = (plain > 0) & (up > 0)
@@ -205,8 +213,10 @@ def test_bench_reports_every_path_in_one_run(tiny_checkpoint):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report["paths"]) == {"student", "student_log_prob", "teacher_forced_train", "teacher_cached",
-                                    "teacher_cached_pytorch", "teacher_naive", "griffin-lim"} | (
+                                    "teacher_cached_pytorch", "teacher_naive", "griffin-lim", "hifigan_v3_peer"} | (
                                         {"student_fp32"} if native else set())
+    assert "RANDOM weights" in report["paths"]["hifigan_v3_peer"]["note"]  # a speed peer, said so
+    assert report["speedup_student_vs_hifigan_v3_peer"] > 0
     for row in report["paths"].values():
         assert row["seconds"] > 0 and row["rtf"] > 0 and row["peak_rss_mb"] > 0
     assert report["gemm_gflops_fp32"] > 0 and report["student_gflops"] > 0

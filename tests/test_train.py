@@ -39,8 +39,11 @@ def test_init_starts_a_run_from_exported_weights_and_resume_takes_the_new_lr(tin
                str(out), "--init", str(weights), "--max-steps", "2"]
     result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 0, result.stderr
-    fresh, started = read_log(tiny_teacher_run, "valid")[0], read_log(out, "valid")[0]
-    assert started["step"] == 0 and started["nll_nats"] < fresh["nll_nats"] - 1.0  # it starts trained
+    (fresh, *_, trained), started = read_log(tiny_teacher_run, "valid"), read_log(out, "valid")[0]
+    # it starts from those weights: its step-0 validation (the same held-out batch) is theirs, whatever NLL the
+    # fixture's training reached on this CPU
+    assert started["step"] == 0 and started["nll_nats"] == pytest.approx(trained["nll_nats"], rel=1e-5, abs=1e-5)
+    assert started["nll_nats"] < fresh["nll_nats"]
     resumed = subprocess.run(command[:-4] + ["--resume", "--max-steps", "4", "--lr", "1e-5"],
                              capture_output=True, text=True, env=ENV, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -114,12 +117,15 @@ def test_distillation_lowers_kl_and_the_stft_loss_alone_lowers_stft(tiny_teacher
 def test_distillation_on_predicted_f0_trains_the_student_and_leaves_the_predictor(tiny_teacher_run, tiny_pitch_run,
                                                                                  tiny_data, tiny, tmp_path):
     """f0_source predictor: the student runs on the frozen predictor's F0 and soft voicing (what inference gives
-    it); its STFT distance falls and the predictor's weights do not move. Without a predictor: a clear error."""
+    it); its STFT distance falls and the predictor's weights do not move. Without a predictor: a clear error.
+    Uncalibrated, as above: from a calibrated flow 0, 100 steps moved the distance by a few per cent either way,
+    depending on the predictor the fixture trained (it rose with some fixture seeds); uncalibrated, it fell by
+    9-26 % with each of seven seeds (fixtures and this run)."""
     teacher, _ = import_model(tiny_teacher_run / "teacher.safetensors", "teacher")
     pitch, _ = import_model(tiny_pitch_run / "pitch.safetensors", "pitch")
     before = {k: v.clone() for k, v in pitch.state_dict().items()}
-    preset = dataclasses.replace(tiny, distill=dataclasses.replace(tiny.distill, kl_weight=0.0,
-                                                                   f0_source="predictor"))
+    preset = dataclasses.replace(tiny, distill=dataclasses.replace(tiny.distill, kl_weight=0.0, f0_source="predictor"),
+                                 student=dataclasses.replace(tiny.student, hn_calibrate=False))
     with pytest.raises(ValueError, match="give the pitch predictor"):
         distill_stage(preset, teacher)
     torch.manual_seed(0)
