@@ -77,17 +77,6 @@ def harmonics(phase: Tensor, f0: Tensor, count: int, sample_rate: int, cosines: 
     return torch.cat([torch.sin(angle) * below, torch.cos(angle) * below], dim=1)
 
 
-def source_channels(f0: Tensor, voicing: Tensor, count: int, audio: AudioConfig) -> Tensor:
-    """f0 (B, F) in Hz (anything where unvoiced) and voicing (B, F) in [0, 1] -> (B, 2 count + 1, F * hop): the
-    excitation the teacher reads beside its waveform, v(t) sin(k phi_t) and v(t) cos(k phi_t) for k = 1..count
-    (each zero where k F0 >= sr / 2), then v(t); F0 filled through unvoiced frames, both linear between frames."""
-    hop = audio.hop_length
-    f0_t = frames_to_samples(fill_unvoiced(f0, voicing > 0.5), hop)
-    voicing_t = frames_to_samples(voicing, hop).unsqueeze(1)  # (B, 1, T)
-    phase, _ = harmonic_phase(f0_t, audio.sample_rate)
-    return torch.cat([harmonics(phase, f0_t, count, audio.sample_rate) * voicing_t, voicing_t], dim=1)
-
-
 def minimum_phase_taps(magnitude: Tensor, taps: int, n_fft: int, dynamic_range_db: float = 50.0,
                        radius: float = 0.97) -> Tensor:
     """(B, n_freqs, F) filter magnitudes (> 0) on the rfft grid of n_fft -> (B, taps, F) causal
