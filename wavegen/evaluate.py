@@ -156,7 +156,8 @@ def breakdown(report: dict, voices: dict[str, str], model: str, baseline: str = 
     for path in ours:
         groups["voice"].setdefault(voices.get(path, "-"), []).append(path)
         groups["f0_band"].setdefault(f0_band(report["reference_f0_hz"][path]), []).append(path)
-    tables = {kind: {name: {"files": len(paths), "losses": sum(path in losses for path in paths),
+    lost = set(losses)
+    tables = {kind: {name: {"files": len(paths), "losses": sum(path in lost for path in paths),
                             **{who: _medians({p: {m: rows[p][m] for m in metrics} for p in paths})
                                for who, rows in ((model, ours), (baseline, theirs))}}
                      for name, paths in sorted(by.items())} for kind, by in groups.items()}

@@ -137,12 +137,13 @@ class Vocoder:
         """Load `teacher.safetensors` and/or `student.safetensors` (and `pitch.safetensors`, the F0
         predictor a pitch-driven student needs) from a checkpoint folder."""
         folder = resolve_checkpoint(path_or_name)
-        models, presets, audio = {}, {}, None
+        models, audio, student_training = {}, None, None
         for kind in ("teacher", "student", "pitch"):
             path = folder / f"{kind}.safetensors"
             if path.exists():
                 models[kind], preset = import_model(path, kind)
-                presets[kind] = preset
+                if kind == "student":
+                    student_training = preset.distill
                 if audio is not None and preset.audio != audio:
                     raise CheckpointError(f"{folder}: teacher and student use different mel conventions")
                 audio = preset.audio
@@ -152,7 +153,7 @@ class Vocoder:
         if student is not None and student.source is not None and "pitch" not in models:
             raise CheckpointError(f"{folder}: the student is pitch-driven but the folder has no pitch.safetensors")
         return cls(audio, models.get("teacher"), student, device=device, precision=precision,
-                   pitch=models.get("pitch"), student_training=presets["student"].distill if student else None)
+                   pitch=models.get("pitch"), student_training=student_training)
 
     @property
     def distilled(self) -> bool | None:
@@ -217,8 +218,9 @@ class Vocoder:
                                  f"frame), got shape {tuple(contour.shape)}")
             voicing = (contour > 0).float()
         ceiling = (self.pitch_model.cfg if self.pitch_model is not None else PitchConfig()).f0_max
-        if contour.numel() and float(contour.max()) * pitch_shift > ceiling:
-            raise PitchError(f"f0 times the pitch shift reaches {float(contour.max()) * pitch_shift:.0f} Hz, above "
+        highest = float(contour.max()) * pitch_shift if contour.numel() else 0.0
+        if highest > ceiling:
+            raise PitchError(f"f0 times the pitch shift reaches {highest:.0f} Hz, above "
                              f"this checkpoint's F0 range (up to {ceiling:g} Hz)")
         return Contour(contour * pitch_shift, voicing, f0 is not None or pitch_shift != 1.0)
 

@@ -59,9 +59,8 @@ class PitchInput:
         if cfg.pitch_lag:
             period = (sr / f0_t).clamp(min=MIN_PERIOD)  # (B, T)
             distance = torch.stack([period - k for k in LAG_TAPS], 1)  # (B, 3, T)
-            self.back = torch.ceil(distance)
-            self.weight = self.back - distance
-            self.back = self.back.long()
+            back = torch.ceil(distance)
+            self.back, self.weight = back.long(), back - distance
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The same channels' makings as contiguous numpy arrays for the compiled loop (`kernels._pitch_drive`):
