@@ -37,11 +37,17 @@ def main() -> None:
     z = torch.randn(1, mel.shape[-1] * vocoder.audio.hop_length, generator=torch.Generator().manual_seed(0))
     rows = {}
     upsampler = vocoder.student.upsampler
-    variants = (("fp32 conv1d (reference)", StudentPath(list(vocoder.student.flows), upsampler), (48, 128)),
-                ("fp32 packed GEMMs", StudentPath(pack(vocoder.student.flows, torch.float32, upsampler.projection()),
-                                                  upsampler.features), (48, 128)),
-                ("bf16 packed GEMMs", StudentPath(pack(vocoder.student.flows, torch.bfloat16, upsampler.projection()),
-                                                  upsampler.features), (16, 32, 48, 64, 128)))
+    def packed(dtype: torch.dtype, per_frame: bool) -> StudentPath:
+        """Packed GEMM copies, conditioning projected per sample or (interpolating upsampler) per frame."""
+        return StudentPath(pack(vocoder.student.flows, dtype, upsampler.projection()),
+                           upsampler.knots if per_frame else upsampler.features)
+
+    variants = [("fp32 conv1d (reference)", StudentPath(list(vocoder.student.flows), upsampler), (48, 128))]
+    for dtype, chunks in ((torch.float32, (48, 128)), (torch.bfloat16, (16, 32, 48, 64, 128))):
+        for per_frame in (False, True) if upsampler.mode == "interpolate" else (False,):
+            name = f"{'fp32' if dtype == torch.float32 else 'bf16'} packed GEMMs, conditioning per " + (
+                "frame" if per_frame else "sample")
+            variants.append((name, packed(dtype, per_frame), chunks))
     reference = None
     for threads in (2, 1):
         torch.set_num_threads(threads)

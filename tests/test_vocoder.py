@@ -141,9 +141,8 @@ def test_packed_flows_share_one_workspace_without_leaks(vocoder, tiny):
                                        PackedBody(flows[0], torch.bfloat16)(x, other, source), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_packed_body_streams_like_the_flow(vocoder, tiny, fused):
-    from wavegen.nn.packed import PackedBody, fused_linear_available
+def test_packed_body_streams_like_the_flow(vocoder, tiny):
+    from wavegen.nn.packed import PackedBody
 
     flow = vocoder.student.flows[0]
     x, cond = torch.randn(1, 1, 200), torch.randn(1, tiny.audio.n_mels, 200)
@@ -151,9 +150,7 @@ def test_packed_body_streams_like_the_flow(vocoder, tiny, fused):
     with torch.inference_mode():
         whole = flow(x, cond, source)
         for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
-            if fused and not fused_linear_available(dtype):  # oneDNN's bf16 linear needs bf16/AVX-512 CPUs
-                continue
-            packed = PackedBody(flow, dtype, fused=fused)
+            packed = PackedBody(flow, dtype)
             cache, pieces = flow.init_cache(1, x.device), []
             for lo, hi in ((0, 5), (5, 120), (120, 200)):
                 y, cache = packed.stream(x[..., lo:hi], cond[..., lo:hi], cache, source[..., lo:hi])
@@ -163,6 +160,50 @@ def test_packed_body_streams_like_the_flow(vocoder, tiny, fused):
             _, reference = flow.stream(x, cond, flow.init_cache(1, x.device), source)  # the same cache format
             for mine, theirs in zip(cache, reference):
                 assert (mine - theirs).norm() <= tolerance * theirs.norm() + 1e-6
+
+
+def test_knots_are_the_interpolated_features_at_frame_rate(vocoder, tiny):
+    from wavegen.nn.source import frames_to_samples
+
+    upsampler, hop = vocoder.student.upsampler, tiny.audio.hop_length
+    mel = torch.randn(2, tiny.audio.n_mels, 9)
+    with torch.inference_mode():
+        knots = upsampler.knots(mel)
+        assert knots.values.shape == (2, tiny.audio.n_mels, 10) and knots.length == 9 * hop
+        assert torch.equal(knots.samples(), upsampler.features(mel))
+        assert torch.equal(knots.frames(3, 7).samples(), knots.samples()[..., 3 * hop:7 * hop])
+        samples = frames_to_samples(mel, hop)  # frame f at sample f * hop, linear after it, the last one held
+        assert torch.equal(samples[..., ::hop], mel) and torch.equal(samples[..., -hop:], mel[..., -1:].expand(-1, -1, hop))
+        torch.testing.assert_close(samples[..., hop // 2], (mel[..., 0] + mel[..., 1]) / 2)
+
+
+def test_packed_body_on_knots_equals_the_flow_on_its_samples(vocoder, tiny):
+    """The conditioning projected per frame and interpolated (hop x fewer rows) is the per-sample pass, exactly
+    up to float rounding, whole and streamed in frame-aligned pieces, with the upsampler's 1x1 folded in."""
+    from wavegen.nn.packed import pack
+
+    student, hop = vocoder.student, tiny.audio.hop_length
+    mel = torch.randn(1, tiny.audio.n_mels, 12)
+    with torch.inference_mode():
+        knots, cond = student.upsampler.knots(mel), student.upsampler(mel)
+        for k, flow in enumerate(student.flows):
+            x = torch.randn(1, 1, cond.shape[-1])
+            source = torch.randn(1, flow.source.in_channels, cond.shape[-1])
+            whole = flow(x, cond, source)
+            assert (whole - flow(x, cond * 1.5, source)).abs().max() > 1e-4  # the conditioning matters
+            for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+                body = pack([flow], dtype, student.upsampler.projection())[0]
+                error = (body(x, knots, source) - whole).norm() / whole.norm()
+                assert error < tolerance, (k, dtype, error)
+                cache, pieces = flow.init_cache(1, x.device), []
+                for lo, hi in ((0, 1), (1, 8), (8, 12)):
+                    y, cache = body.stream(x[..., lo * hop:hi * hop], knots.frames(lo, hi), cache,
+                                           source[..., lo * hop:hi * hop])
+                    pieces.append(y)
+                error = (torch.cat(pieces, -1) - whole).norm() / whole.norm()
+                assert error < tolerance, (k, dtype, "streamed", error)
+            with pytest.raises(ValueError, match="knots for"):
+                body(x[..., :-1], knots, source[..., :-1])
 
 
 def test_bf16_student_stays_close_to_the_fp32_reference(tiny_checkpoint, vocoder, tiny):

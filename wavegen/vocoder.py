@@ -27,6 +27,7 @@ from wavegen.models.pitch import PitchPredictor, voiced
 from wavegen.models.teacher import Progress
 from wavegen.models.student import Body
 from wavegen.nn.packed import pack
+from wavegen.nn.source import Knots
 from wavegen.nn.envelope import RETUNED_SMOOTHING
 from wavegen.refine import REFINE_SMOOTHING, REFINE_STEPS, match_mel
 
@@ -53,10 +54,19 @@ class Contour(NamedTuple):
 
 
 class StudentPath(NamedTuple):
-    """The student's flow bodies and the conditioning they take from a mel (B, n_mels, F) -> (B, n_mels, T)."""
+    """The student's flow bodies and the conditioning they take from a mel (B, n_mels, F): per sample
+    (B, n_mels, F * hop), or `Knots` at frame rate for bodies that project per frame (`wavegen.nn.packed`)."""
 
     bodies: Sequence[Body]
-    upsample: Callable[[Tensor], Tensor]
+    upsample: Callable[[Tensor], Tensor | Knots]
+
+    def frames(self, mel: Tensor, start: int, end: int) -> Tensor | Knots:
+        """The conditioning of frames [start, end) of mel, a window with the upsampler's context around them."""
+        cond = self.upsample(mel)
+        if isinstance(cond, Knots):
+            return cond.frames(start, end)
+        hop = cond.shape[-1] // mel.shape[-1]
+        return cond[..., start * hop:end * hop]
 
 
 class ModelUnavailable(ValueError):
@@ -275,10 +285,10 @@ class Vocoder:
         CUDA, the flows themselves. Built once."""
         if self._student_path is None:
             upsampler = self.student.upsampler
-            if self.device.type == "cpu":
+            if self.device.type == "cpu":  # an interpolating upsampler's features at frame rate: hop x fewer rows
                 dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-                self._student_path = StudentPath(pack(self.student.flows, dtype, upsampler.projection()),
-                                                 upsampler.features)
+                features = upsampler.knots if upsampler.mode == "interpolate" else upsampler.features
+                self._student_path = StudentPath(pack(self.student.flows, dtype, upsampler.projection()), features)
             else:
                 self._student_path = StudentPath(list(self.student.flows), upsampler)
         return self._student_path
@@ -293,17 +303,17 @@ class Vocoder:
         caches (`Student.transform`), so nothing is recomputed and the result equals one whole-input pass.
         """
         hop, frames = self.audio.hop_length, mel.shape[-1]
-        bodies, upsample = self.student_path()
+        path = self.student_path()
         params = None if contour is None else self.student.source_params(mel, *contour)  # F + 1 frames
         cache = self.student.init_cache(mel.shape[0], z.device)
         out = torch.empty_like(z)
         for start in range(0, frames, self.chunk_frames):
             end = min(frames, start + self.chunk_frames)
             lo, hi = max(0, start - UPSAMPLER_CONTEXT), min(frames, end + UPSAMPLER_CONTEXT)
-            cond = upsample(mel[..., lo:hi])[..., (start - lo) * hop:(end - lo) * hop]
+            cond = path.frames(mel[..., lo:hi], start - lo, end - lo)
             source = None if params is None else tuple(p[..., start:end + 1] for p in params)
             out[:, start * hop:end * hop], _, _, cache = self.student.transform(
-                z[:, start * hop:end * hop], cond, bodies, cache, source)
+                z[:, start * hop:end * hop], cond, path.bodies, cache, source)
         return out
 
     def synthesize_many(self, mels: list[Tensor], model: str = "student", batch_size: int = 8,

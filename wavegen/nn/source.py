@@ -28,11 +28,36 @@ UNVOICED_F0 = 100.0  # Hz: the F0 an utterance with no voiced frame runs its (si
 def frames_to_samples(x: Tensor, hop: int) -> Tensor:
     """(..., F) per-frame values -> (..., F * hop) per-sample values, linear between frame f (at sample
     f * hop) and frame f + 1; the last frame is held. Samples of frame f depend on frames f and f + 1
-    only, so a chunk of frames [a, b) needs frames [a, b + 1) to equal the whole pass."""
-    nxt = torch.cat([x[..., 1:], x[..., -1:]], dim=-1)  # (..., F)
-    ramp = torch.arange(hop, device=x.device, dtype=x.dtype) / hop  # (hop,)
-    out = x.unsqueeze(-1) + (nxt - x).unsqueeze(-1) * ramp  # (..., F, hop)
-    return out.flatten(-2)
+    only, so a chunk of frames [a, b) needs frames [a, b + 1) to equal the whole pass (`Knots`)."""
+    return Knots(torch.cat([x, x[..., -1:]], dim=-1), hop).samples()
+
+
+class Knots(NamedTuple):
+    """Per-sample values given at frame rate: `values` (..., F + 1) at samples 0, hop, ..., F * hop, linear
+    in between, for the F * hop samples before the last knot (`frames_to_samples` holds the last frame as
+    that knot). A linear map commutes with the interpolation, so a consumer that multiplies the samples by a
+    matrix can multiply the F + 1 knots instead and interpolate its result (`wavegen.nn.packed`)."""
+
+    values: Tensor
+    hop: int
+
+    @property
+    def length(self) -> int:
+        """The number of samples these knots describe."""
+        return (self.values.shape[-1] - 1) * self.hop
+
+    def frames(self, start: int, end: int) -> Knots:
+        """The knots of frames [start, end): their samples are samples [start * hop, end * hop) of these."""
+        return Knots(self.values[..., start:end + 1], self.hop)
+
+    def ramp(self) -> Tensor:
+        """(hop,) the weight of the next knot at each sample of a frame: j / hop."""
+        return torch.arange(self.hop, device=self.values.device, dtype=self.values.dtype) / self.hop
+
+    def samples(self) -> Tensor:
+        """(..., F * hop) the interpolated values."""
+        left, right = self.values[..., :-1], self.values[..., 1:]
+        return (left.unsqueeze(-1) + (right - left).unsqueeze(-1) * self.ramp()).flatten(-2)  # (..., F, hop) first
 
 
 def fill_unvoiced(f0: Tensor, voiced: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wavegen.config import WaveNetConfig
-from wavegen.nn.source import frames_to_samples
+from wavegen.nn.source import Knots
 
 Cache = list[Tensor]  # one (B, C_layer, (k - 1) * d) queue of past inputs per causal conv
 
@@ -204,8 +204,16 @@ class MelUpsampler(nn.Module):
         """(B, n_mels, F) -> (B, n_mels, F * hop) before the final 1x1 conv, for inference copies that
         fold it into their own conditioning weights (`projection`)."""
         if self.mode == "interpolate":
-            return frames_to_samples(self.net[:-1](mel), self.hop)
+            return self.knots(mel).samples()
         return self.net[:-1](mel)[..., : mel.shape[-1] * self.hop]
+
+    def knots(self, mel: Tensor) -> Knots:
+        """(B, n_mels, F) -> `features` at frame rate: (B, n_mels, F + 1) knots, the last frame held (mode
+        "interpolate" only: what consumers that project per frame and interpolate after take)."""
+        if self.mode != "interpolate":
+            raise ValueError("only the interpolating upsampler has frame-rate features")
+        frames = self.net[:-1](mel)
+        return Knots(torch.cat([frames, frames[..., -1:]], dim=-1), self.hop)
 
     def projection(self) -> tuple[Tensor, Tensor]:
         """The final 1x1 conv as float32 (in, out) matrix and bias: forward = features @ matrix + bias."""
