@@ -363,3 +363,32 @@ def test_the_flows_hear_flow_0s_phase_and_start_as_a_student_without_it(student,
             f"flows.{k}.source.weight" for k in range(len(student.flows))]
         torch.testing.assert_close(plain.sample(mel, z=z, **pitch)[0], deaf, atol=0, rtol=0)
     assert (heard - deaf).abs().max() > 1e-3
+
+
+def test_a_dead_flow_is_found_and_restarted_without_changing_the_student(student, tiny):
+    """A flow whose head never fires outputs a constant and gets no gradient; `restart_flow` gives it fresh
+    weights that output the same constant, so the transform is unchanged and the flow can learn again."""
+    mel, pitch = torch.randn(1, tiny.audio.n_mels, 4), contour(1, 4)
+    z = torch.randn(1, 4 * tiny.audio.hop_length, generator=torch.Generator().manual_seed(2))
+    dead = student.flows[1]
+    with torch.no_grad():
+        dead.head[1].weight.zero_()
+        dead.head[1].bias.fill_(-1.0)  # every hidden unit below 0: the output is the last bias
+        dead.head[3].bias.copy_(torch.tensor([0.01, -0.02]))
+    found = student.flow_activity(mel, **pitch, generator=torch.Generator().manual_seed(0))
+    assert found[0][0] > 0 and found[1][0] == 0.0
+    torch.testing.assert_close(found[1][1], torch.tensor([0.01, -0.02]))
+
+    def gradient() -> float:
+        student.zero_grad()
+        x, _, _ = student.sample(mel, z=z, **pitch)
+        x.square().sum().backward()
+        # every weight but the output bias (fresh flows start with a zero output layer: it learns first)
+        return sum(p.grad.abs().sum().item() for name, p in dead.named_parameters() if name != "head.3.bias")
+
+    assert gradient() == 0.0
+    before = student.sample(mel, z=z, **pitch)[0].detach()
+    torch.manual_seed(0)
+    student.restart_flow(1, found[1][1])
+    torch.testing.assert_close(student.sample(mel, z=z, **pitch)[0].detach(), before, atol=1e-7, rtol=0)
+    assert student.flow_activity(mel, **pitch)[1][0] > 0 and gradient() > 0

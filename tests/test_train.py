@@ -110,6 +110,8 @@ def test_distillation_lowers_kl_and_the_stft_loss_alone_lowers_stft(tiny_teacher
     first, last = valid[0], valid[-1]
     assert "kl" not in last and last["stft"] < first["stft"], valid
     assert last["mel_l1"] < first["mel_l1"], valid
+    # the log says whether each WaveNet flow is alive (a fresh flow fires on part of its input)
+    assert all(0 < first[f"flow{k}_activity"] < 1 for k in range(tiny.student.n_flows)), first
     student, _ = import_model(tmp_path / "student.safetensors", "student")
     assert all(not p.requires_grad or p.grad is None for p in teacher.parameters())  # teacher stayed frozen
 

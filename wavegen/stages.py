@@ -153,6 +153,9 @@ def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = No
         x, gaussians = student_and_teacher(model, mel, f0, generator)
         spectral = {"stft": float(stft_distance(x, wav, cfg.stft_ffts)),
                     "mel_l1": float((frontend(x) - mel).abs().mean())}
+        # a WaveNet flow at activity 0 is dead: a constant map that no gradient reaches (`Student.restart_flow`)
+        found = model.flow_activity(mel, *contour(mel, f0), torch.Generator(mel.device).manual_seed(RENDER_SEED))
+        spectral.update({f"flow{k}_activity": activity for k, (activity, _) in enumerate(found)})
         if gaussians is None:
             return spectral
         kl, _ = distillation_kl(*gaussians, clamp=cfg.log_scale_clamp, reg_weight=0.0)

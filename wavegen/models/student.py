@@ -57,11 +57,43 @@ class Student(nn.Module):
             raise ValueError("a student with a harmonic-plus-noise flow needs the mel convention (audio)")
         self.source = HarmonicNoise(cfg, audio) if cfg.harmonic_noise else None
         self.upsampler = MelUpsampler(cfg.n_mels, cfg.upsample_scales, cfg.upsampler)
-        self.flows = nn.ModuleList(
-            CausalWaveNet(cfg.flow(k), in_channels=1, out_channels=2, zero_init_output=True,
-                          source_channels=2 * cfg.flow_source)
-            for k in range(cfg.n_flows)
-        )
+        self.flows = nn.ModuleList(self.new_flow(k) for k in range(cfg.n_flows))
+
+    def new_flow(self, k: int) -> CausalWaveNet:
+        """A freshly initialised WaveNet flow k (output layer zero: the identity transform)."""
+        return CausalWaveNet(self.cfg.flow(k), in_channels=1, out_channels=2, zero_init_output=True,
+                             source_channels=2 * self.cfg.flow_source)
+
+    @torch.no_grad()
+    def flow_activity(self, mel: Tensor, f0: Tensor | None = None, voicing: Tensor | None = None,
+                      generator: torch.Generator | None = None) -> list[tuple[float, Tensor]]:
+        """Per WaveNet flow, on the input it gets when the student samples from mel (B, n_mels, F) (and F0,
+        voicing (B, F) for a harmonic flow 0): its `CausalWaveNet.activity` and its mean output (2,). A flow
+        with activity 0 is a constant affine map: that mean is the shift and log-scale it always outputs."""
+        cond = self.upsampler(mel)
+        z = torch.randn(cond.shape[0], cond.shape[2], generator=generator, device=cond.device)
+        x, found = z, []
+        params = self.source_params(mel, f0, voicing)
+        if params is not None:
+            x = self.source.excite(z, params, self.source.init_state(z.shape[0], z.device))[0]
+        for flow in self.flows:
+            inputs = shift_right(x.unsqueeze(1))
+            channels = None if not self.cfg.flow_source else self.source.channels(params, x.shape[-1], None,
+                                                                                  self.cfg.flow_source)
+            output = flow(inputs, cond, channels)  # (B, 2, T)
+            found.append((flow.activity(inputs, cond, channels), output.mean(dim=(0, 2))))
+            mu, log_sigma = self._affine(output)
+            x = x * torch.exp(log_sigma) + mu
+        return found
+
+    @torch.no_grad()
+    def restart_flow(self, k: int, output: Tensor) -> None:
+        """WaveNet flow k re-initialised (`new_flow`, from the global RNG) with `output` (2,) as its output bias.
+        For a dead flow, with the constant it outputs (`flow_activity`), the student's transform is unchanged
+        while every weight of the flow gets gradients again."""
+        fresh = self.new_flow(k).to(output.device)
+        fresh.head[-1].bias.copy_(output)
+        self.flows[k].load_state_dict(fresh.state_dict())
 
     def _affine(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 2, ...) -> mu, log_sigma (B, ...), log_sigma clamped below for stability."""

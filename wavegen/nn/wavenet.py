@@ -155,6 +155,22 @@ class CausalWaveNet(nn.Module):
             skips = skips + s
         return self.head(skips * math.sqrt(1.0 / len(self.blocks))), new_cache
 
+    @torch.no_grad()
+    def activity(self, x: Tensor, c: Tensor, source: Tensor | None = None) -> float:
+        """How alive the network is on x (B, C_in, T) and c (B, cond, T): the smaller of the fractions of its
+        head's units that are positive at the head's first ReLU (the skip sum) and at its second. At 0 it is
+        dead there: if no skip unit is positive, the output is a function of the head's biases; if no hidden
+        unit is, it is the last bias. Either way it is a constant, whatever x and c are, and no gradient
+        reaches the weights before that ReLU (a ReLU at 0 passes none), so training cannot revive them."""
+        h = self._input(x, source)
+        skips = 0.0
+        for block in self.blocks:
+            h, s = block(h, c, None)
+            skips = skips + s
+        first = self.head[0](skips * math.sqrt(1.0 / len(self.blocks)))
+        second = self.head[1:3](first)
+        return min((first > 0).float().mean().item(), (second > 0).float().mean().item())
+
     def head_weights(self) -> list[tuple[Tensor, Tensor]]:
         """The head's two 1x1 convolutions as float32 (in, out) matrices and biases (time-major)."""
         return [(_constant(conv.weight[:, :, 0]).T, _constant(conv.bias)) for conv in (self.head[1], self.head[3])]
