@@ -39,8 +39,24 @@ def smooth_contour(f0: np.ndarray, frames: int = SMOOTH_FRAMES) -> np.ndarray:
     return out
 
 
-def resynthesise(wav: np.ndarray, f0: np.ndarray, factor: float, audio: AudioConfig) -> np.ndarray:
-    """WORLD analysis of wav (F * hop,) on the contour f0 (F,), resynthesis on f0 * factor -> (F * hop,)."""
+def warp_frequency(spectra: np.ndarray, factor: float) -> np.ndarray:
+    """(frames, bins) over 0..Nyquist -> the same stretched along frequency by `factor`: out[:, b] is spectra
+    at frequency b / factor (linear interpolation between bins, the last bin's value beyond it), so what sat at
+    f Hz now sits at f * factor Hz."""
+    position = np.arange(spectra.shape[1]) / factor
+    low = np.minimum(np.floor(position).astype(int), spectra.shape[1] - 1)
+    high = np.minimum(low + 1, spectra.shape[1] - 1)
+    weight = np.minimum(position - low, 1.0)
+    return np.ascontiguousarray(spectra[:, low] * (1.0 - weight) + spectra[:, high] * weight)  # as pyworld needs
+
+
+def resynthesise(wav: np.ndarray, f0: np.ndarray, factor: float, audio: AudioConfig, tract: bool = False
+                 ) -> np.ndarray:
+    """WORLD analysis of wav (F * hop,) on the contour f0 (F,), resynthesis on f0 * factor -> (F * hop,).
+
+    `tract`: also warp the envelope and aperiodicity along frequency by `factor` (`warp_frequency`): formants
+    move with the pitch, as from a vocal tract 1 / factor as long (a smaller speaker above 1, a larger below);
+    otherwise the same envelope at another pitch."""
     import pyworld
 
     x = wav.astype(np.float64)
@@ -51,6 +67,8 @@ def resynthesise(wav: np.ndarray, f0: np.ndarray, factor: float, audio: AudioCon
     times = np.arange(frames + 1) * period / 1000.0
     envelope = pyworld.cheaptrick(x, contour, times, audio.sample_rate)
     aperiodicity = pyworld.d4c(x, contour, times, audio.sample_rate)
+    if tract:
+        envelope, aperiodicity = warp_frequency(envelope, factor), warp_frequency(aperiodicity, factor)
     y = pyworld.synthesize(contour * factor, envelope, aperiodicity, audio.sample_rate, period)
     y = y[: frames * audio.hop_length]
     return np.pad(y, (0, frames * audio.hop_length - y.size)).astype(np.float32)
