@@ -80,8 +80,8 @@ class Student(nn.Module):
             inputs = shift_right(x.unsqueeze(1))
             channels = None if not self.cfg.flow_source else self.source.channels(params, x.shape[-1], None,
                                                                                   self.cfg.flow_source)
-            output = flow(inputs, cond, channels)  # (B, 2, T)
-            found.append((flow.activity(inputs, cond, channels), output.mean(dim=(0, 2))))
+            activity, output = flow.activity(inputs, cond, channels)  # output (B, 2, T)
+            found.append((activity, output.mean(dim=(0, 2))))
             mu, log_sigma = self._affine(output)
             x = x * torch.exp(log_sigma) + mu
         return found

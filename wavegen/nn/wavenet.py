@@ -156,8 +156,9 @@ class CausalWaveNet(nn.Module):
         return self.head(skips * math.sqrt(1.0 / len(self.blocks))), new_cache
 
     @torch.no_grad()
-    def activity(self, x: Tensor, c: Tensor, source: Tensor | None = None) -> float:
-        """How alive the network is on x (B, C_in, T) and c (B, cond, T): the smaller of the fractions of its
+    def activity(self, x: Tensor, c: Tensor, source: Tensor | None = None) -> tuple[float, Tensor]:
+        """How alive the network is on x (B, C_in, T) and c (B, cond, T), and its output there (B, C_out, T), from
+        one pass. The first is the smaller of the fractions of its
         head's units that are positive at the head's first ReLU (the skip sum) and at its second. At 0 it is
         dead there: if no skip unit is positive, the output is a function of the head's biases; if no hidden
         unit is, it is the last bias. Either way it is a constant, whatever x and c are, and no gradient
@@ -169,7 +170,7 @@ class CausalWaveNet(nn.Module):
             skips = skips + s
         first = self.head[0](skips * math.sqrt(1.0 / len(self.blocks)))
         second = self.head[1:3](first)
-        return min((first > 0).float().mean().item(), (second > 0).float().mean().item())
+        return min((first > 0).float().mean().item(), (second > 0).float().mean().item()), self.head[3](second)
 
     def head_weights(self) -> list[tuple[Tensor, Tensor]]:
         """The head's two 1x1 convolutions as float32 (in, out) matrices and biases (time-major)."""
