@@ -5,6 +5,7 @@
 
 The preset's student must be the source's with fewer flows (same widths, upsampler and depth per kept flow).
 Dropping the last flows leaves a valid IAF (the kept flows transform z as before); distillation then adapts it.
+With `layers: []` beside a harmonic flow 0, only flow 0 is kept.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def main() -> None:
         raise ConfigError(f"{args.preset}'s student is not {args.source}'s first {kept} flows: "
                           f"{preset.student} vs {source.student}")
     lean = Student(preset.student, preset.audio)
-    lean.load_state_dict({k: v for k, v in full.state_dict().items()
-                          if not k.startswith("flows.") or int(k.split(".")[1]) < kept}, strict=True)
+    wanted = lean.state_dict().keys()  # the kept flows (and the upsampler only if any WaveNet flow is kept)
+    lean.load_state_dict({k: v for k, v in full.state_dict().items() if k in wanted}, strict=True)
     print(export_model(args.output, lean, "student", preset, init=f"first {kept} flows of {args.source}"))
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from wavegen.config import ConfigError
 from wavegen.distributions import gaussian_log_prob
 from wavegen.models import Student, Teacher
 from wavegen.nn import CausalWaveNet, MelUpsampler, shift_right
@@ -392,3 +393,28 @@ def test_a_dead_flow_is_found_and_restarted_without_changing_the_student(student
     student.restart_flow(1, found[1][1])
     torch.testing.assert_close(student.sample(mel, z=z, **pitch)[0].detach(), before, atol=1e-7, rtol=0)
     assert student.flow_activity(mel, **pitch)[1][0] > 0 and gradient() > 0
+
+
+def test_a_student_of_flow_0_alone_is_an_exact_iaf_without_an_upsampler(tiny):
+    """`layers: []` beside the harmonic flow 0: nothing reads the mel per sample (no upsampler, no flow
+    weights); x is flow 0's own output, autoregressive in z (lower-triangular Jacobian whose log|det| is
+    log_sigma_tot), and the sequential inverse gives z back."""
+    cfg = dataclasses.replace(tiny.student, layers=(), flow_source=0)
+    student = randomise(Student(cfg, tiny.audio), 0.15, seed=1).double().eval()
+    assert student.upsampler is None and not list(student.flows)
+    assert not any(name.startswith(("upsampler.", "flows.")) for name in student.state_dict())
+    torch.manual_seed(0)
+    mel, pitch = torch.randn(1, tiny.audio.n_mels, 2, dtype=torch.float64), contour(1, 2, dtype=torch.float64)
+    z = torch.randn(2 * tiny.audio.hop_length, dtype=torch.float64)
+    x, mu_tot, log_sigma_tot = student.sample(mel, z=z[None], **pitch)
+    params = student.source_params(mel, pitch["f0"], pitch["voicing"])
+    assert torch.equal(x, student.source.excite(z[None], params, student.source.init_state(1))[0])
+    jacobian = torch.autograd.functional.jacobian(lambda v: student.sample(mel, z=v[None], **pitch)[0][0], z)
+    assert torch.allclose(jacobian.triu(1), torch.zeros_like(jacobian))
+    assert jacobian.tril(-1).abs().max() > 1e-3  # the shift reads z_<t (the noise filter): not a fixed Gaussian
+    torch.testing.assert_close(torch.linalg.slogdet(jacobian)[1], log_sigma_tot.sum(), atol=1e-8, rtol=1e-8)
+    recovered, log_det = student.invert(x, mel, **pitch)
+    torch.testing.assert_close(recovered, z[None], atol=1e-8, rtol=0)
+    torch.testing.assert_close(log_det, log_sigma_tot, atol=1e-10, rtol=0)
+    with pytest.raises(ConfigError, match="needs a flow"):
+        dataclasses.replace(cfg, harmonic_noise=False)

@@ -152,6 +152,35 @@ def test_mel_weight_adds_the_log_mel_distance_to_the_spectral_loss(tiny_teacher_
     torch.testing.assert_close(losses[2.0]["loss"], losses[0.0]["stft"] + 2.0 * losses[2.0]["mel_l1"])
 
 
+def test_pitch_augmented_distillation_trains_on_the_resampled_batch(tiny_teacher_run, tiny_data, tiny, monkeypatch):
+    """`distill.pitch_augment`: the student's losses are those of the batch at the drawn pitch scale (its audio
+    resampled, its mel made anew), the same as distilling that batch without augmentation."""
+    import wavegen.stages
+    from wavegen.audio import MelFrontend
+    from wavegen.data import SegmentDataset
+    from wavegen.stages import scale_pitch
+
+    teacher, _ = import_model(tiny_teacher_run / "teacher.safetensors", "teacher")
+    wav, mel, f0 = (t[None] for t in SegmentDataset(tiny_data, tiny.audio, "train", 8, pitch=True)[(0, 0)])
+    monkeypatch.setattr(wavegen.stages, "PITCH_RATIOS", ((4, 5),))  # every batch 0.8x
+    plain = dataclasses.replace(tiny, distill=dataclasses.replace(tiny.distill, kl_weight=0.0, mel_weight=1.0))
+    augmented = dataclasses.replace(plain, distill=dataclasses.replace(plain.distill, pitch_augment=True))
+    student = distill_stage(plain, teacher).model
+    low_wav, low_f0 = scale_pitch(wav, f0, (4, 5), tiny.audio.hop_length)
+    low_mel = MelFrontend(tiny.audio)(low_wav)
+    assert low_wav.shape[-1] == wav.shape[-1] * 5 // 4 and low_mel.shape[-1] == low_wav.shape[-1] // tiny.audio.hop_length
+    torch.manual_seed(0)
+    got = distill_stage(augmented, teacher, student).loss(student, wav, mel, f0)
+    torch.manual_seed(0)
+    torch.randint(1, ())  # the draw of the scale, so the student's z is the same
+    want = distill_stage(plain, teacher, student).loss(student, low_wav, low_mel, low_f0)
+    torch.manual_seed(0)
+    unscaled = distill_stage(plain, teacher, student).loss(student, wav, mel, f0)
+    for key in ("stft", "mel_l1"):
+        torch.testing.assert_close(got[key], want[key])
+        assert not torch.allclose(got[key], unscaled[key])
+
+
 def test_non_finite_loss_skips_the_step(tiny, tiny_data, tmp_path):
     stage = teacher_stage(tiny)
     calls = {"n": 0}

@@ -312,3 +312,22 @@ def test_a_pitch_driven_teacher_takes_the_contour_and_a_mel_only_one_refuses_it(
     assert not mel_only.pitch_driven("teacher")
     with pytest.raises(PitchError, match="the teacher reads F0 from the mel alone"):
         mel_only.synthesize(mel, "teacher", pitch_shift=1.25)
+
+
+def test_a_student_of_flow_0_alone_synthesises_chunked_as_whole(vocoder, tiny):
+    """The vocoder's streamed path for a student without WaveNet flows (nothing to pack, no conditioning):
+    chunks equal one pass, and the trained flow 0 is what both run."""
+    cfg = dataclasses.replace(tiny.student, layers=(), flow_source=0)
+    student = type(vocoder.student)(cfg, tiny.audio)
+    student.source.load_state_dict(vocoder.student.source.state_dict())
+    lone = Vocoder(tiny.audio, student=student, pitch=vocoder.pitch_model, device="cpu", precision="fp32",
+                   chunk_frames=5)
+    frames = 23
+    mel = vocoder.mel(torch.sin(torch.arange(frames * tiny.audio.hop_length) * 0.05))
+    z = torch.randn(1, frames * tiny.audio.hop_length, generator=torch.Generator().manual_seed(0))
+    f0, voicing, _ = lone.source_contour(mel, None, 1.0)
+    with torch.inference_mode():
+        whole = student.sample(mel, z=z, f0=f0, voicing=voicing)[0].clamp(-1, 1)
+    chunked = lone.synthesize(mel, "student", z=z, refine_steps=0)
+    assert whole.abs().max() > 1e-3
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)

@@ -138,15 +138,20 @@ class FlowConfig(BodyShape):
     hn_calibrate: bool = False
     # harmonics 1..n of flow 0's phase (sin and cos) that each WaveNet flow reads as input beside x (0: none)
     flow_source: int = 0
+    # flow 0 learns one output log-gain on top of the calibrated levels (`HarmonicNoise.log_gain`): the only
+    # level knob when no WaveNet flow follows (calibration holds the level at the mel's)
+    hn_gain: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
-        _require(len(self.layers) > 0 and all(n > 0 for n in self.layers), "every flow needs >= 1 layer")
+        _require(all(n > 0 for n in self.layers), "every flow needs >= 1 layer")
+        _require(len(self.layers) > 0 or self.harmonic_noise, "a student needs a flow: WaveNet flows or harmonic_noise")
         _require(self.noise_taps >= 2 and self.hn_channels > 0 and self.f0_min > 0,
                  "noise_taps must be >= 2, hn_channels and f0_min positive")
         _require(self.flow_source >= 0, "flow_source must be >= 0")
         _require(self.flow_source == 0 or self.harmonic_noise, "flow_source needs harmonic_noise (its phase)")
+        _require(not self.hn_gain or self.harmonic_noise, "hn_gain needs harmonic_noise")
 
     @property
     def n_flows(self) -> int:
@@ -227,6 +232,9 @@ class DistillConfig:
     # the teacher's density tempered for the KL: p's sigma times this (still a Gaussian), < 1 to distil a teacher
     # whose noise floor is above the recordings' toward a cleaner sample
     teacher_temperature: float = 1.0
+    # each training batch resampled to a random scale of every frequency, 0.7-1.4x (`stages.random_pitch`, what
+    # the pitch stage hears): voices lower and higher than the corpus's
+    pitch_augment: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stft_ffts", tuple(int(n) for n in self.stft_ffts))

@@ -204,7 +204,7 @@ def conditioning_flops_saved(vocoder: Vocoder) -> float:
     an interpolating upsampler each layer's conditioning term (n_mels x 2G) runs per frame instead of per sample
     (`wavegen.nn.packed`), and the upsampler's last 1x1 (n_mels x n_mels) is folded into those weights."""
     cfg, hop = vocoder.student.cfg, vocoder.audio.hop_length
-    if vocoder.device.type != "cpu" or cfg.upsampler != "interpolate":
+    if vocoder.device.type != "cpu" or cfg.upsampler != "interpolate" or not cfg.n_flows:
         return 0.0
     per_layer = 2 * cfg.n_mels * 2 * cfg.gate_channels
     layers = sum(cfg.layers)

@@ -40,7 +40,7 @@ def export_student(student: Student, out: str | Path, fmt: str, frames: int = 16
     out.parent.mkdir(parents=True, exist_ok=True)
     graph = StudentGraph(student.eval())
     mel = torch.full((1, student.cfg.n_mels, frames), -5.0)
-    z = torch.randn(1, frames * student.upsampler.hop)
+    z = torch.randn(1, frames * student.hop)
     inputs = (mel, z) if student.source is None else (mel, z, torch.full((1, frames), 120.0), torch.ones(1, frames))
     if fmt == "torchscript":
         with torch.no_grad():

@@ -48,17 +48,23 @@ def scale_pitch(wav: Tensor, f0: Tensor, ratio: tuple[int, int], hop: int) -> tu
     return out[:, : frames * hop], torch.where(both, a + (b - a) * frac, nearer) * r
 
 
+@torch.no_grad()
+def random_pitch(wav: Tensor, f0: Tensor, mel: Tensor, frontend: MelFrontend) -> tuple[Tensor, Tensor, Tensor]:
+    """A batch (wav (B, F * hop), its mel (B, n_mels, F) and F0 labels (B, F)) at one random pitch scale of
+    PITCH_RATIOS (`scale_pitch`), its mel made anew; the training RNG picks the scale."""
+    ratio = PITCH_RATIOS[int(torch.randint(len(PITCH_RATIOS), ()))]
+    if ratio[0] == ratio[1]:
+        return wav, f0, mel
+    wav, f0 = scale_pitch(wav, f0, ratio, frontend.audio.hop_length)
+    return wav, f0, frontend.to(wav.device)(wav)
+
+
 def pitch_stage(preset: Preset, model: PitchPredictor | None = None) -> Stage:
     """The F0/voicing predictor on the corpus's labels, each batch at a random pitch scale (PITCH_RATIOS)."""
     frontend = MelFrontend(preset.audio)
-    hop = preset.audio.hop_length
 
     def loss(model: nn.Module, wav: Tensor, mel: Tensor, f0: Tensor) -> dict[str, Tensor]:
-        ratio = PITCH_RATIOS[int(torch.randint(len(PITCH_RATIOS), ()))]
-        if ratio[0] != ratio[1]:
-            with torch.no_grad():
-                wav, f0 = scale_pitch(wav, f0, ratio, hop)
-                mel = frontend(wav)
+        wav, f0, mel = random_pitch(wav, f0, mel, frontend)
         module = model.module if hasattr(model, "module") else model
         return module.loss(mel, f0)
 
@@ -103,7 +109,8 @@ def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = No
                   pitch: PitchPredictor | None = None) -> Stage:
     """ClariNet distillation: closed-form KL(q || p) on the student's own samples, scored by the frozen
     teacher in one parallel pass (gradients flow through the teacher into the sample), the log-scale
-    regulariser, and a multi-resolution STFT loss against the real audio of the same mel.
+    regulariser, and a multi-resolution STFT loss against the real audio of the same mel. With
+    `distill.pitch_augment`, each batch is first resampled to a random pitch scale (`random_pitch`).
 
     A pitch-driven student runs on the corpus's F0 labels (voiced where F0 > 0) or, with
     `distill.f0_source: predictor`, on what inference gives it: the frozen `pitch` predictor's F0 and
@@ -134,6 +141,8 @@ def distill_stage(preset: Preset, teacher: Teacher, student: Student | None = No
 
     def loss(model: nn.Module, wav: Tensor, mel: Tensor, f0: Tensor) -> dict[str, Tensor]:
         teacher.to(mel.device)
+        if cfg.pitch_augment:  # voices lower and higher than the corpus's (pitch and vocal tract together)
+            wav, f0, mel = random_pitch(wav, f0, mel, frontend)
         x, gaussians = student_and_teacher(model, mel, f0)
         stft = stft_distance(x, wav, cfg.stft_ffts)
         terms = {"stft": stft}

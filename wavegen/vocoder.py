@@ -55,13 +55,16 @@ class Contour(NamedTuple):
 
 class StudentPath(NamedTuple):
     """The student's flow bodies and the conditioning they take from a mel (B, n_mels, F): per sample
-    (B, n_mels, F * hop), or `Knots` at frame rate for bodies that project per frame (`wavegen.nn.packed`)."""
+    (B, n_mels, F * hop), or `Knots` at frame rate for bodies that project per frame (`wavegen.nn.packed`);
+    no bodies and no conditioning for a student whose only flow is the harmonic flow 0."""
 
     bodies: Sequence[Body]
-    upsample: Callable[[Tensor], Tensor | Knots]
+    upsample: Callable[[Tensor], Tensor | Knots] | None
 
-    def frames(self, mel: Tensor, start: int, end: int) -> Tensor | Knots:
+    def frames(self, mel: Tensor, start: int, end: int) -> Tensor | Knots | None:
         """The conditioning of frames [start, end) of mel, a window with the upsampler's context around them."""
+        if self.upsample is None:
+            return None
         cond = self.upsample(mel)
         if isinstance(cond, Knots):
             return cond.frames(start, end)
@@ -285,7 +288,9 @@ class Vocoder:
         CUDA, the flows themselves. Built once."""
         if self._student_path is None:
             upsampler = self.student.upsampler
-            if self.device.type == "cpu":  # an interpolating upsampler's features at frame rate: hop x fewer rows
+            if upsampler is None:  # no WaveNet flows
+                self._student_path = StudentPath([], None)
+            elif self.device.type == "cpu":  # an interpolating upsampler's features at frame rate: hop x fewer rows
                 dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
                 features = upsampler.knots if upsampler.mode == "interpolate" else upsampler.features
                 self._student_path = StudentPath(pack(self.student.flows, dtype, upsampler.projection()), features)

@@ -8,7 +8,8 @@ mu_tot = sum_k mu_k prod_{j>k} sigma_j: q(x_t | z_<t) is Gaussian.
 With `cfg.harmonic_noise`, flow 0 is `wavegen.nn.source.HarmonicNoise`: harmonics of the F0 with
 amplitudes from the mel's envelope plus z through an envelope-shaped causal filter, all parameters from
 the conditioning (mel, F0, voicing), so the stack stays x = z * sigma_tot + mu_tot. Its parameters per
-frame come from `source_params`; the WaveNet flows then refine the waveform. With `cfg.flow_source` = n, each
+frame come from `source_params`; the WaveNet flows then refine the waveform (a student may have none: flow 0
+alone is an affine autoregressive flow, its shift reading z_<t through the noise filter). With `cfg.flow_source` = n, each
 WaveNet flow also reads sin(k phi_t), cos(k phi_t) for k = 1..n on flow 0's phase as input beside x
 (`HarmonicNoise.channels`: conditioning, known at t), through its own 1x1 convolution, zero at initialisation.
 
@@ -22,6 +23,7 @@ What costs what:
 
 from __future__ import annotations
 
+import math
 from typing import Protocol, Sequence
 
 import torch
@@ -48,7 +50,9 @@ class Body(Protocol):
 
 
 class Student(nn.Module):
-    """K mel-conditioned Gaussian IAF flows sharing one mel upsampler (after a harmonic flow 0 if configured)."""
+    """K mel-conditioned Gaussian IAF flows sharing one mel upsampler (after a harmonic flow 0 if configured).
+
+    K may be 0 beside a harmonic flow 0: then nothing reads the mel per sample and there is no upsampler."""
 
     def __init__(self, cfg: FlowConfig, audio: AudioConfig | None = None):
         super().__init__()
@@ -56,7 +60,8 @@ class Student(nn.Module):
         if cfg.harmonic_noise and audio is None:
             raise ValueError("a student with a harmonic-plus-noise flow needs the mel convention (audio)")
         self.source = HarmonicNoise(cfg, audio) if cfg.harmonic_noise else None
-        self.upsampler = MelUpsampler(cfg.n_mels, cfg.upsample_scales, cfg.upsampler)
+        self.hop = math.prod(cfg.upsample_scales)  # samples per mel frame
+        self.upsampler = MelUpsampler(cfg.n_mels, cfg.upsample_scales, cfg.upsampler) if cfg.n_flows else None
         self.flows = nn.ModuleList(self.new_flow(k) for k in range(cfg.n_flows))
 
     def new_flow(self, k: int) -> CausalWaveNet:
@@ -70,8 +75,8 @@ class Student(nn.Module):
         """Per WaveNet flow, on the input it gets when the student samples from mel (B, n_mels, F) (and F0,
         voicing (B, F) for a harmonic flow 0): its `CausalWaveNet.activity` and its mean output (2,). A flow
         with activity 0 is a constant affine map: that mean is the shift and log-scale it always outputs."""
-        cond = self.upsampler(mel)
-        z = torch.randn(cond.shape[0], cond.shape[2], generator=generator, device=cond.device)
+        cond = self.condition(mel)
+        z = torch.randn(mel.shape[0], mel.shape[-1] * self.hop, generator=generator, device=mel.device)
         x, found = z, []
         params = self.source_params(mel, f0, voicing)
         if params is not None:
@@ -94,6 +99,10 @@ class Student(nn.Module):
         fresh = self.new_flow(k).to(output.device)
         fresh.head[-1].bias.copy_(output)
         self.flows[k].load_state_dict(fresh.state_dict())
+
+    def condition(self, mel: Tensor) -> Tensor | None:
+        """mel (B, n_mels, F) -> what the WaveNet flows read per sample (B, n_mels, F * hop); None without them."""
+        return None if self.upsampler is None else self.upsampler(mel)
 
     def _affine(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 2, ...) -> mu, log_sigma (B, ...), log_sigma clamped below for stability."""
@@ -119,10 +128,10 @@ class Student(nn.Module):
         z (B, F * hop) defaults to temperature * N(0, I). x = z * exp(log_sigma_tot) + mu_tot exactly.
         f0 (B, F) in Hz and voicing (B, F) in [0, 1] drive the harmonic flow 0 (if the student has one).
         """
-        cond = self.upsampler(mel)  # (B, n_mels, T)
+        cond = self.condition(mel)  # (B, n_mels, T) or None
         if z is None:
-            z = temperature * torch.randn(cond.shape[0], cond.shape[2], generator=generator,
-                                          device=cond.device, dtype=cond.dtype)
+            z = temperature * torch.randn(mel.shape[0], mel.shape[-1] * self.hop, generator=generator,
+                                          device=mel.device, dtype=mel.dtype)
         params = self.source_params(mel, f0, voicing)
         cache = None if params is None else self.init_cache(z.shape[0], z.device)
         return self.transform(z, cond, cache=cache, source=params)[:3]
@@ -134,10 +143,10 @@ class Student(nn.Module):
                  for flow in self.flows]
         return flows if self.source is None else [self.source.init_state(batch, device), *flows]
 
-    def transform(self, z: Tensor, cond: Tensor, bodies: Sequence[Body] | None = None,
+    def transform(self, z: Tensor, cond: Tensor | None, bodies: Sequence[Body] | None = None,
                   cache: FlowCache | None = None, source: SourceParams | None = None
                   ) -> tuple[Tensor, Tensor, Tensor, FlowCache | None]:
-        """z (B, T), upsampled cond (B, n_mels, T) -> x, mu_tot, log_sigma_tot (B, T) and the cache after z.
+        """z (B, T), upsampled cond (B, n_mels, T; None without WaveNet flows) -> x, mu_tot, log_sigma_tot (B, T) and the cache after z.
 
         `source`: flow 0's frame parameters for z's frames and the next (`source_params`, sliced); a
         student with a harmonic flow needs them and a cache (its phase and filter history live there).
@@ -196,11 +205,11 @@ class Student(nn.Module):
         flow 0 is inverted last
         (`HarmonicNoise.invert`, compiled), from f0 and voicing (B, F).
         """
-        cond = self.upsampler(mel)
+        cond = self.condition(mel)
         params = self.source_params(mel, f0, voicing)
         channels = None if not self.cfg.flow_source else self.source.channels(params, x.shape[-1], None,
                                                                               self.cfg.flow_source)
-        if compiled and channels is None and compiled_loop.available(self.flows, x):  # pipelined over cores
+        if compiled and self.flows and channels is None and compiled_loop.available(self.flows, x):  # pipelined over cores
             loop = compiled_loop.CompiledLoop(list(reversed(self.flows)), self.cfg.log_scale_min)
             x, log_det = loop.run_blocks(cond, x, compiled_loop.INVERT)
         else:

@@ -170,7 +170,7 @@ class HarmonicNoise(nn.Module):
     starts from the mel's own envelope). With `hn_calibrate` (FlowConfig), the levels are then moved, band by
     band and frame by frame, so that the log-mel the output is expected to have (`expected_log_mel`) is the
     conditioning mel (`calibration`): the network learns the harmonic/noise balance, the calibration holds the
-    level. Nothing depends on z but through the causal filter, so this is an affine autoregressive flow:
+    level, and with `hn_gain` one learned log-gain (`log_gain`) sets the output's level against it. Nothing depends on z but through the causal filter, so this is an affine autoregressive flow:
     log|det| = sum log h_0(t), and `invert` recovers z exactly (sequentially).
     """
 
@@ -184,6 +184,9 @@ class HarmonicNoise(nn.Module):
             nn.Conv1d(cfg.hn_channels, 2 * cfg.n_mels, 1))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
+        # with `hn_gain`: one learned log-gain on both levels after the calibration (the harmonics and every noise
+        # tap, so log sigma0 moves with it): the output level relative to the calibrated one, zero at the start
+        self.log_gain = nn.Parameter(torch.zeros(())) if cfg.hn_gain else None
         self.noise_norm = math.sqrt(math.pi) / 2 * math.sqrt(3 * audio.n_fft / 8)
 
     def frame_params(self, mel: Tensor, f0: Tensor, voicing: Tensor, retuned: bool = False
@@ -205,6 +208,9 @@ class HarmonicNoise(nn.Module):
         if self.calibrate:
             amp, taps = self._levels(mel + self.calibration(mel, amp, taps, f0, retuned), gain_h, gain_n, f0,
                                      voicing, retuned)
+        if self.log_gain is not None:
+            gain = torch.exp(self.log_gain)
+            amp, taps = amp * gain, taps * gain
         last = lambda x: torch.cat([x, x[..., -1:]], dim=-1)  # noqa: E731
         return last(amp), last(taps), last(f0)
 
