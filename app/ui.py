@@ -37,7 +37,8 @@ def about(vocoder: Vocoder) -> str:
     lines = []
     student, teacher = vocoder.student, vocoder.teacher
     if student is not None:
-        pitch = " on F0 read from the mel (harmonic-plus-noise first flow)" if student.source is not None else ""
+        flows = f", then {len(student.flows)} WaveNet flows" if len(student.flows) else " alone"
+        pitch = f" on F0 read from the mel (a harmonic-plus-noise flow{flows})" if student.source is not None else ""
         how = {True: ", distilled from the teacher (probability density distillation, with spectral losses)",
                False: ", trained on spectral losses against the recordings (not distilled from the teacher)",
                None: ""}[vocoder.distilled]

@@ -361,6 +361,7 @@ def test_the_page_says_what_the_checkpoint_holds_and_how_its_student_was_trained
     text = about(distilled)
     assert "distilled from the teacher" in text and "the student learned from" in text
     assert "one pitch period back" in text  # the tiny teacher reads the pitch lag
+    assert "harmonic-plus-noise flow, then 2 WaveNet flows" in text  # the tiny student's flows
     student, preset = import_model(tiny_checkpoint / "student.safetensors", "student")
     spectral = dataclasses.replace(preset, distill=dataclasses.replace(preset.distill, kl_weight=0.0))
     folder = tmp_path / "spectral"

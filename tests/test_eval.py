@@ -53,3 +53,26 @@ def test_the_speed_peer_is_hifigan_v3_sized_and_gives_one_sample_per_hop():
         assert HiFiGANGenerator(20, 64)(torch.randn(1, 20, 5)).shape == (1, 5 * 64)
     with pytest.raises(ValueError, match="multiple of 64"):
         HiFiGANGenerator(80, 200)
+
+
+def test_buzz_tells_harmonics_above_4_khz_from_noise_there():
+    """`high_band_periodicity` is high for a harmonic band and low for noise, whatever the level, and tolerates a
+    5 % F0 error; `buzz` is 0 for the reference itself and positive for harmonics where the reference has noise."""
+    import numpy as np
+
+    from wavegen.config import load_preset
+    from wavegen.evaluate import buzz, high_band_periodicity
+
+    audio = load_preset("speech16k").audio
+    rate, f0 = audio.sample_rate, 150.0
+    t = np.arange(rate) / rate
+    harmonic = 0.02 * sum(np.sin(2 * np.pi * k * f0 * t + k) for k in range(1, int(rate / 2 / f0) + 1))
+    noise = 0.1 * np.random.default_rng(0).standard_normal(rate)
+    labels = np.full(rate // audio.hop_length, f0)
+    tonal, noisy = (np.median(high_band_periodicity(x.astype(np.float32), labels, audio)) for x in (harmonic, noise))
+    assert tonal > 0.6 and noisy < 0.25
+    assert np.median(high_band_periodicity(30 * harmonic.astype(np.float32), labels * 1.05, audio)) > 0.6
+    assert buzz(noise, noise, labels, audio) == 0.0
+    assert buzz(noise, harmonic, labels, audio) > 0.4 > -0.4 > buzz(harmonic, noise, labels, audio)
+    assert math.isnan(buzz(noise, harmonic, np.zeros_like(labels), audio))  # no voiced frame
+    assert high_band_periodicity(noise, labels, load_preset("tiny").audio).size == 0  # Nyquist 4 kHz: no band
