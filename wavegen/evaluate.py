@@ -107,6 +107,7 @@ def resynthesis_metrics(ref: np.ndarray, syn: np.ndarray, audio: AudioConfig, f0
     from pesq import PesqError, pesq
     from pystoi import stoi
 
+    f0_ref = pitch_labels(ref, audio) if f0_ref is None else f0_ref  # one labelling for the F0 errors and buzz
     ref_t, syn_t = torch.from_numpy(ref)[None], torch.from_numpy(syn)[None]
     ref_mel, syn_mel = log_mel(ref_t, audio)[0].numpy(), log_mel(syn_t, audio)[0].numpy()
     ref16, syn16 = resample(ref, audio.sample_rate, METRIC_RATE), resample(syn, audio.sample_rate, METRIC_RATE)
@@ -121,7 +122,7 @@ def resynthesis_metrics(ref: np.ndarray, syn: np.ndarray, audio: AudioConfig, f0
         "pesq_wb": pesq_wb,
         "stoi": float(stoi(ref16, syn16, METRIC_RATE, extended=False)),
         **pitch_errors(ref, syn, audio, f0_ref),
-        "buzz": buzz(ref, syn, pitch_labels(ref, audio) if f0_ref is None else f0_ref, audio),
+        "buzz": buzz(ref, syn, f0_ref, audio),
     }
 
 

@@ -9,8 +9,8 @@ With `cfg.harmonic_noise`, flow 0 is `wavegen.nn.source.HarmonicNoise`: harmonic
 amplitudes from the mel's envelope plus z through an envelope-shaped causal filter, all parameters from
 the conditioning (mel, F0, voicing), so the stack stays x = z * sigma_tot + mu_tot. Its parameters per
 frame come from `source_params`; the WaveNet flows then refine the waveform (a student may have none: flow 0
-alone is an affine autoregressive flow, its shift reading z_<t through the noise filter). With `cfg.flow_source` = n, each
-WaveNet flow also reads sin(k phi_t), cos(k phi_t) for k = 1..n on flow 0's phase as input beside x
+alone is an affine autoregressive flow, its shift reading z_<t through the noise filter). With
+`cfg.flow_source` = n, each WaveNet flow also reads sin(k phi_t), cos(k phi_t) for k = 1..n on flow 0's phase as input beside x
 (`HarmonicNoise.channels`: conditioning, known at t), through its own 1x1 convolution, zero at initialisation.
 
 What costs what:
@@ -75,6 +75,8 @@ class Student(nn.Module):
         """Per WaveNet flow, on the input it gets when the student samples from mel (B, n_mels, F) (and F0,
         voicing (B, F) for a harmonic flow 0): its `CausalWaveNet.activity` and its mean output (2,). A flow
         with activity 0 is a constant affine map: that mean is the shift and log-scale it always outputs."""
+        if not self.flows:  # flow 0 alone: nothing to measure (distillation asks at every validation)
+            return []
         cond = self.condition(mel)
         z = torch.randn(mel.shape[0], mel.shape[-1] * self.hop, generator=generator, device=mel.device)
         x, found = z, []
@@ -146,7 +148,8 @@ class Student(nn.Module):
     def transform(self, z: Tensor, cond: Tensor | None, bodies: Sequence[Body] | None = None,
                   cache: FlowCache | None = None, source: SourceParams | None = None
                   ) -> tuple[Tensor, Tensor, Tensor, FlowCache | None]:
-        """z (B, T), upsampled cond (B, n_mels, T; None without WaveNet flows) -> x, mu_tot, log_sigma_tot (B, T) and the cache after z.
+        """z (B, T), upsampled cond (B, n_mels, T; None without WaveNet flows) -> x, mu_tot, log_sigma_tot
+        (B, T) and the cache after z.
 
         `source`: flow 0's frame parameters for z's frames and the next (`source_params`, sliced); a
         student with a harmonic flow needs them and a cache (its phase and filter history live there).
@@ -209,7 +212,7 @@ class Student(nn.Module):
         params = self.source_params(mel, f0, voicing)
         channels = None if not self.cfg.flow_source else self.source.channels(params, x.shape[-1], None,
                                                                               self.cfg.flow_source)
-        if compiled and self.flows and channels is None and compiled_loop.available(self.flows, x):  # pipelined over cores
+        if compiled and self.flows and channels is None and compiled_loop.available(self.flows, x):  # pipelined
             loop = compiled_loop.CompiledLoop(list(reversed(self.flows)), self.cfg.log_scale_min)
             x, log_det = loop.run_blocks(cond, x, compiled_loop.INVERT)
         else:

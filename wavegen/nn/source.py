@@ -170,8 +170,9 @@ class HarmonicNoise(nn.Module):
     starts from the mel's own envelope). With `hn_calibrate` (FlowConfig), the levels are then moved, band by
     band and frame by frame, so that the log-mel the output is expected to have (`expected_log_mel`) is the
     conditioning mel (`calibration`): the network learns the harmonic/noise balance, the calibration holds the
-    level, and with `hn_gain` one learned log-gain (`log_gain`) sets the output's level against it. Nothing depends on z but through the causal filter, so this is an affine autoregressive flow:
-    log|det| = sum log h_0(t), and `invert` recovers z exactly (sequentially).
+    level, and with `hn_gain` one learned log-gain (`log_gain`) sets the output's level against it. Nothing
+    depends on z but through the causal filter, so this is an affine autoregressive flow: log|det| = sum log
+    h_0(t), and `invert` recovers z exactly (sequentially).
     """
 
     def __init__(self, cfg: FlowConfig, audio: AudioConfig):
